@@ -1,0 +1,5 @@
+import sys
+
+from opdwatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,45 @@
+"""`opdwatch info RUN_DIR`: status, steps and the last step's health metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from opdwatch.reader import open_run
+from opdwatch.summary import HEADLINE_METRICS, run_summary
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="show a run's status, steps and latest health metrics")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    summary = run_summary(open_run(args.run_dir))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    console = Console()
+    console.print(f"[bold]{summary['run_id']}[/]  {summary['path']}")
+    console.print(f"status [bold]{summary['status']}[/], {summary['steps']} train steps, "
+                  f"last step {summary['last_step']}, updated {summary['updated_at']}")
+    table = Table(title=f"health at step {summary['last_step']}")
+    table.add_column("metric")
+    table.add_column("train", justify="right")
+    table.add_column("val", justify="right")
+    for key, label in (*HEADLINE_METRICS, ("rollout/accuracy", "accuracy")):
+        train, val = summary["last_train"].get(key), summary["last_val"].get(key)
+        if train is None and val is None:
+            continue
+        table.add_row(label, _fmt(train), _fmt(val))
+    console.print(table)
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"

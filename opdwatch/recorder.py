@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -25,7 +24,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from opdwatch import aggregates
+from opdwatch import _tables, aggregates
+from opdwatch import run_dir as run_dir_ops
 from opdwatch._ragged import flatten, offsets_from_lengths, per_rollout, to_numpy
 from opdwatch.atomic import write_parquet
 from opdwatch.errors import OpdwatchError
@@ -37,13 +37,11 @@ from opdwatch.format import (
     ROLLOUT_SCHEMA,
     SOURCES,
     STEP_KEY_COLUMNS,
-    TABLES,
     events_path,
-    parse_part,
     part_path,
 )
 from opdwatch.manifest import new_manifest, read_manifest, write_manifest
-from opdwatch.rollout_fields import RolloutFields, derive_fields
+from opdwatch.rollout_fields import derive_fields
 
 
 @dataclass(frozen=True)
@@ -117,10 +115,10 @@ class Recorder:
                 manifest["pid"] = os.getpid()
                 write_manifest(run_dir, manifest)
             else:  # other ranks wait for rank 0's manifest rather than racing it
-                manifest = _wait_for_manifest(run_dir)
+                manifest = run_dir_ops.wait_for_manifest(run_dir)
         else:
             manifest = read_manifest(run_dir)
-            _drop_after(run_dir, rank, resume_from_step)
+            run_dir_ops.drop_after(run_dir, rank, resume_from_step)
             if rank == 0:
                 manifest.update(status="running", last_step=resume_from_step, pid=os.getpid())
                 if config is not None:
@@ -227,7 +225,7 @@ class Recorder:
         self._chunks[key] = chunk + 1
 
         rollout_idx = np.arange(first_rollout, first_rollout + count, dtype=np.int64)
-        per_rollout_means = _masked_means(offsets, mask, s_lp, t_lp, adv, f.rep_ngram | f.rep_tail)
+        per_rollout_means = _tables.masked_means(offsets, mask, s_lp, t_lp, adv, f.rep_ngram | f.rep_tail)
         keep = self._token_keep(int(step), rollout_idx)
         rollouts = pa.table({
             "step": pa.array(np.full(count, step, dtype=np.int64)),
@@ -255,7 +253,7 @@ class Recorder:
         rollouts = rollouts.select(ROLLOUT_SCHEMA.names).cast(ROLLOUT_SCHEMA)
         write_parquet(rollouts, part_path(self.run_dir, "rollouts", int(step), self.rank, name))
         if keep.any() and (s_lp is not None or t_lp is not None or adv is not None):
-            token_table = _token_table(int(step), self.rank, rollout_idx, lens, offsets, keep, ids, s_lp, t_lp,
+            token_table = _tables.token_table(int(step), self.rank, rollout_idx, lens, offsets, keep, ids, s_lp, t_lp,
                                        r_lp, adv, mask, np.isin(ids, self._special_ids), f, ends)
             write_parquet(token_table, part_path(self.run_dir, "tokens", int(step), self.rank, name),
                           dictionary_columns=["step", "rank", "rollout"],
@@ -332,93 +330,8 @@ class Recorder:
         return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53) < s.token_rollout_fraction
 
 
-def _masked_means(offsets: np.ndarray, mask: np.ndarray, s_lp: np.ndarray | None, t_lp: np.ndarray | None,
-                  adv: np.ndarray | None, rep: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-rollout means over loss-masked tokens (NaN for a rollout with none)."""
-    seg = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))[mask]
-    counts = np.bincount(seg, minlength=len(offsets) - 1).astype(np.float64)
-
-    def mean(values: np.ndarray | None) -> np.ndarray:
-        if values is None:
-            return np.full(len(counts), np.nan)
-        sums = np.bincount(seg, weights=values[mask].astype(np.float64), minlength=len(counts))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return sums / counts
-
-    return {"student_logp_mean": mean(s_lp), "teacher_logp_mean": mean(t_lp), "advantage_mean": mean(adv),
-            "repetitive_token_share": mean(rep.astype(np.float64))}
-
-
-def _token_table(step: int, rank: int, rollout_idx: np.ndarray, lens: np.ndarray, offsets: np.ndarray,
-                 keep: np.ndarray, ids: np.ndarray, s_lp: np.ndarray | None, t_lp: np.ndarray | None,
-                 r_lp: np.ndarray | None, adv: np.ndarray | None, mask: np.ndarray, special: np.ndarray,
-                 f: RolloutFields, char_ends: np.ndarray | None) -> pa.Table:
-    rows = np.repeat(keep, lens)  # (N,) token belongs to a kept rollout
-    n = int(rows.sum())
-    nan = np.full(len(ids), np.nan, dtype=np.float32)
-    position = (np.arange(len(ids)) - np.repeat(offsets[:-1], lens)).astype(np.int32)
-
-    def sel(a: np.ndarray | None) -> np.ndarray:
-        return (nan if a is None else a)[rows]
-
-    return pa.table({
-        "step": pa.array(np.full(n, step, dtype=np.int64)),
-        "rank": pa.array(np.full(n, rank, dtype=np.int32)),
-        "rollout": pa.array(np.repeat(rollout_idx, lens)[rows]),
-        "position": pa.array(position[rows]),
-        "token_id": pa.array(ids[rows].astype(np.int32)),
-        "char_end": (pa.array(char_ends[rows].astype(np.int32)) if char_ends is not None
-                     else pa.nulls(n, pa.int32())),
-        "student_logp": pa.array(sel(s_lp)),
-        "teacher_logp": pa.array(sel(t_lp)),
-        "ref_logp": pa.array(sel(r_lp)),
-        "advantage": pa.array(sel(adv)),
-        "loss_mask": pa.array(mask[rows]),
-        "special": pa.array(special[rows]),
-        "eos": pa.array(f.eos[rows]),
-        "rep_tail": pa.array(f.rep_tail[rows]),
-        "rep_ngram": pa.array(f.rep_ngram[rows]),
-    })
-
-
-def _wait_for_manifest(run_dir: Path, timeout: float = 120.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while not (run_dir / MANIFEST).exists():
-        if time.monotonic() > deadline:
-            raise OpdwatchError(f"{run_dir}: rank 0 did not create the run within {timeout:.0f} s")
-        time.sleep(0.05)
-    return read_manifest(run_dir)
-
-
-def _drop_after(run_dir: Path, rank: int, step: int) -> None:
-    """Remove this rank's table files and events of steps after ``step`` (they are about to be redone)."""
-    for table in TABLES:
-        for path in (run_dir / table).glob("step=*/rank=*/*.parquet"):
-            parsed = parse_part(path)
-            if parsed and parsed[0] > step and parsed[1] == rank:
-                path.unlink()
-                if not any(path.parent.iterdir()):
-                    shutil.rmtree(path.parent, ignore_errors=True)
-    ev = events_path(run_dir, rank)
-    if ev.exists():
-        kept = []
-        for line in ev.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line from the crash
-            if rec.get("step") is None or rec["step"] <= step:
-                kept.append(line)
-        tmp = ev.with_name(f".{ev.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-        os.replace(tmp, ev)
-
-
 def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (np.ndarray,)):
+    """numpy scalars and arrays, paths: event data straight from a training loop."""
+    if isinstance(obj, (np.generic, np.ndarray)):
         return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
     return str(obj)

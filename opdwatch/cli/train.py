@@ -1,0 +1,36 @@
+"""`opdwatch train CONFIG [key=value ...] [--resume]`: run the Stable-OPD trainer (needs the `train` extra)."""
+
+from __future__ import annotations
+
+import argparse
+
+from opdwatch.errors import OpdwatchError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train with a YAML config (plain OPD or Stable-OPD)",
+                       description="Train with a YAML config; override any field with dotted key=value, "
+                       "e.g. opd.lr=1e-3 opd.beta=0.1. Presets: trainer/configs/.")
+    p.add_argument("config", metavar="CONFIG", help="YAML file, or a preset name such as demo_stable_opd")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    entry = import_trainer()
+    run_dir = entry.train_main(args.config, list(args.overrides), args.resume)
+    print(f"run written to {run_dir}\nanalyse it with: opdwatch analyze {run_dir}")
+    return 0
+
+
+def import_trainer():  # noqa: ANN201 - module object
+    """The trainer entry points, or one clear line when the `train` extra is missing."""
+    try:
+        import trainer.cli_entry as entry
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in ("torch", "transformers", "math_verify", "tokenizers", "tqdm"):
+            raise OpdwatchError(f"the trainer needs the 'train' extra ({exc.name} is missing): "
+                                "pip install torch==2.13.0 'opdwatch[train]'") from None
+        raise
+    return entry

@@ -57,15 +57,14 @@ def add_events(fig: go.Figure, events: Mapping[str, pl.DataFrame] | None, *, row
         for kind, step, message in shown.select("kind", "step", "message").iter_rows():
             for r in range(1, rows + 1):
                 for c in range(1, cols + 1):
-                    first = r == 1 and c == 1
+                    # Only the first subplot gets an annotation: plotly draws its default "new text"
+                    # for any annotation_* keyword, even None, so the others get none at all.
+                    note = {"annotation_text": "\u25bc", "annotation_position": "top",
+                            "annotation_hovertext": escape(f"{label}: {kind} at step {step}: {message}"),
+                            "annotation_font": {"color": EVENT_COLORS[kind]}} if r == 1 and c == 1 else {}
                     fig.add_vline(
                         x=step, line={"color": EVENT_COLORS[kind], "width": 1, "dash": "dot"}, opacity=0.8,
-                        row=r, col=c, exclude_empty_subplots=False,
-                        annotation_text="\u25bc" if first else None,
-                        annotation_hovertext=(escape(f"{label}: {kind} at step {step}: {message}")
-                                              if first else None),
-                        annotation_font={"color": EVENT_COLORS[kind]} if first else None,
-                        annotation_position="top" if first else None)
+                        row=r, col=c, exclude_empty_subplots=False, **note)
 
 
 def add_onsets(fig: go.Figure, onsets: Mapping[str, int | None] | None, labels: list[str], *, rows: int,
@@ -79,11 +78,10 @@ def add_onsets(fig: go.Figure, onsets: Mapping[str, int | None] | None, labels: 
         color = run_color(labels.index(label)) if label in labels else "#000000"
         for r in range(1, rows + 1):
             for c in range(1, cols + 1):
-                first = r == 1 and c == 1
+                note = ({"annotation_text": escape(f"onset {label}: step {step}"),
+                         "annotation_position": "top left"} if r == 1 and c == 1 else {})
                 fig.add_vline(x=step, line={"color": color, "width": 2, "dash": "dash"}, row=r, col=c,
-                              exclude_empty_subplots=False,
-                              annotation_text=escape(f"onset {label}: step {step}") if first else None,
-                              annotation_position="top left" if first else None)
+                              exclude_empty_subplots=False, **note)
 
 
 def finish(fig: go.Figure, *, title: str, height: int) -> go.Figure:

@@ -1,0 +1,167 @@
+"""Live run view (``/run?run=NAME``): the ``opdwatch analyze`` figures, updating while the run writes.
+
+Every ``refresh_ms`` the page asks for the run; the registry ticks its LiveRun (only new files are read)
+and the figures are rebuilt only when the run's version moved past the one this tab shows. Events
+(warnings, alarms, interventions) and the onset are drawn on the curves by the shared plot functions; a
+click on any point opens that step's rollouts in the token drill-down.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dash
+import polars as pl
+from dash import Input, Output, State, callback, ctx, dcc, html
+from dash.exceptions import PreventUpdate
+from flask import current_app
+
+from dashboards.components import event_line, fmt, graph, href, refused, table, tokens_href
+from dashboards.state import ALERT_KINDS, Watched, registry
+from opdwatch.errors import OpdwatchError
+from opdwatch.plots import (
+    fig_length_distribution,
+    fig_logprobs_length,
+    fig_repetitive_advantage,
+    fig_synchronised_spikes,
+    fig_truncation_repetition,
+)
+
+dash.register_page(__name__, path="/run", name="Run", title="opdwatch: run", order=1)
+
+# (component id, figure function of series/events/onsets); the length distribution is added separately.
+STEP_FIGURES = (
+    ("run-fig-trunc", fig_truncation_repetition),
+    ("run-fig-logp", fig_logprobs_length),
+    ("run-fig-repadv", fig_repetitive_advantage),
+    ("run-fig-spikes", fig_synchronised_spikes),
+)
+LENGTH_FIGURE = "run-fig-lengths"
+GRAPH_IDS = tuple(i for i, _ in STEP_FIGURES) + (LENGTH_FIGURE,)
+EVENTS_SHOWN = 20
+
+
+def layout(run: str | None = None, **_query: str) -> html.Div:
+    if not run:
+        return refused("no run given: open one from the run list", id="run-refused")
+    try:
+        registry().get(run, tick=False)
+    except OpdwatchError as exc:
+        return refused(str(exc), id="run-refused")
+    return html.Div([
+        html.H2(run, id="run-title"),
+        html.Div(id="run-meta", className="opd-meta"),
+        html.Div(id="run-detector", className="opd-meta"),
+        html.Div([dcc.Link("token drill-down", href=tokens_href(run), id="run-tokens-link"), " | ",
+                  dcc.Link("compare with other runs", href=href("/compare", runs=run))], className="opd-meta"),
+        html.P("Click a point on any curve to open that step's rollouts.", className="opd-meta"),
+        *[graph(i) for i in GRAPH_IDS],
+        html.H3("Events"),
+        html.Div(id="run-events"),
+        dcc.Store(id="run-name", data=run),
+        dcc.Store(id="run-version", data=None),
+        dcc.Interval(id="run-tick", interval=current_app.config.get("OPDWATCH_REFRESH_MS", 2000)),
+        dcc.Location(id="run-nav", refresh="callback-nav"),
+    ], className="opd-page")
+
+
+@callback(*[Output(i, "figure") for i in GRAPH_IDS],
+          Output("run-meta", "children"), Output("run-detector", "children"), Output("run-events", "children"),
+          Output("run-version", "data"),
+          Input("run-tick", "n_intervals"), State("run-name", "data"), State("run-version", "data"),
+          # the timer pauses while a refresh runs: a refresh slower than the period would otherwise be
+          # superseded by the next tick before its answer is shown, over and over
+          running=[(Output("run-tick", "disabled"), True, False)])
+def refresh(_n: int | None, name: str, shown_version: int | None) -> tuple[Any, ...]:
+    try:
+        watched = registry().get(name)
+    except OpdwatchError:
+        raise PreventUpdate from None  # the run disappeared; keep what is on screen
+    if watched.version == shown_version:
+        raise PreventUpdate  # nothing new: the browser keeps its figures, no JSON is sent
+    figs = watched.cached("run-figures", lambda: figures(watched))
+    return (*figs, meta(watched), detector(watched), events_table(watched), watched.version)
+
+
+def figures(watched: Watched) -> list[Any]:
+    """The run's figures from the shared plot functions (the same as ``opdwatch analyze`` draws)."""
+    from opdwatch.verdict import verdict
+
+    series = watched.live.series()
+    label = watched.name
+    onset = verdict(series).onset.step if series.height else None
+    kw = {"events": {label: watched.live.events()}, "onsets": {label: onset}}
+    out = [fn({label: series}, **kw) for _, fn in STEP_FIGURES]
+    out.append(fig_length_distribution(watched.live.lengths()))
+    return out
+
+
+def meta(watched: Watched) -> list[Any]:
+    from opdwatch.series import token_source_note
+    from opdwatch.verdict import verdict
+
+    live = watched.live
+    series = live.series()
+    v = verdict(series)
+    return [
+        html.Span(f"status {live.status}, last step {fmt(live.last_step)}, run id {live.run_id}. "),
+        html.Span(f"verdict: {v.label}", className=f"opd-verdict-{v.label}", id="run-verdict"),
+        html.Span(" — " + "; ".join(v.reasons[:3])),
+        html.Div(token_source_note(series)),
+    ]
+
+
+def detector(watched: Watched) -> list[Any]:
+    """The online detector's state (replayed here on the recorded steps) and the run's own alerts."""
+    state = watched.detector_state
+    parts: list[Any] = ["detector (live replay): "]
+    if state is None:
+        parts.append("no train steps yet")
+    else:
+        parts.append(html.Span(state.level, className=f"opd-level-{state.level}", id="run-detector-level"))
+        parts.append(f" at step {state.step}" + (f" ({state.reason})" if state.reason else ""))
+        if state.evidence:
+            parts.append(": " + "; ".join(e.describe() for e in state.evidence[:3]))
+    events = watched.live.events()
+    counts = events.filter(pl.col("kind").is_in(ALERT_KINDS)).group_by("kind").len().sort("kind")
+    recorded = ", ".join(f"{n} {k}" for k, n in counts.iter_rows()) or "none"
+    parts.append(html.Div(f"recorded alerts: {recorded}; last: {event_line(watched.last_alert())}"))
+    return parts
+
+
+def events_table(watched: Watched) -> Any:
+    events = watched.live.events().tail(EVENTS_SHOWN).reverse()
+    if events.height == 0:
+        return html.P("no events recorded", className="opd-meta")
+    rows = []
+    for ev in events.iter_rows(named=True):
+        step = ev["step"]
+        cell = dcc.Link(str(step), href=tokens_href(watched.name, step=step)) if step is not None else "-"
+        rows.append([cell, ev["kind"], ev["message"][:300]])
+    return table(("step", "kind", "message"), rows, id="run-events-table")
+
+
+@callback(Output("run-nav", "href"), *[Input(i, "clickData") for i in GRAPH_IDS], State("run-name", "data"),
+          prevent_initial_call=True)
+def open_step(*args: Any) -> str:
+    """A click on a point (any figure) opens that step's rollouts."""
+    name = args[-1]
+    click = dict(zip(GRAPH_IDS, args[:-1], strict=True)).get(ctx.triggered_id)
+    step = clicked_step(click)
+    if step is None:
+        raise PreventUpdate
+    return tokens_href(name, step=step, phase="train")
+
+
+def clicked_step(click: dict[str, Any] | None) -> int | None:
+    """The step of a plotly click: the first ``customdata`` element (the shared figures put it there),
+    else the x value."""
+    if not click or not click.get("points"):
+        return None
+    point = click["points"][0]
+    custom = point.get("customdata")
+    value = custom[0] if isinstance(custom, list) and custom else custom if custom is not None else point.get("x")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,70 @@
+"""Run list (``/``): every run under RUNS_ROOT with its status, step, verdict and last alert."""
+
+from __future__ import annotations
+
+import time
+
+import dash
+from dash import Input, Output, callback, dcc, html
+
+from dashboards.components import event_line, fmt, href, run_href, table
+from dashboards.state import Watched, registry
+from opdwatch.errors import OpdwatchError
+from opdwatch.summary import STALE_AFTER_S
+
+dash.register_page(__name__, path="/", name="Runs", title="opdwatch: runs", order=0)
+
+COLUMNS = ("run", "status", "step", "verdict", "detector", "last alert", "updated")
+LIST_REFRESH_MS = 5000
+
+
+def layout(**_query: str) -> html.Div:
+    return html.Div([
+        html.H2("Runs"),
+        html.Div(id="runs-table"),
+        html.Div(dcc.Link("compare all runs", href="/compare", id="runs-compare-all"), className="opd-meta"),
+        dcc.Interval(id="runs-tick", interval=LIST_REFRESH_MS),
+    ], className="opd-page")
+
+
+@callback(Output("runs-table", "children"), Output("runs-compare-all", "href"),
+          Input("runs-tick", "n_intervals"))
+def refresh(_n: int | None) -> tuple[html.Table | html.P, str]:
+    reg = registry()
+    names = reg.names()
+    if not names:
+        return html.P(f"No runs under {reg.root} yet.", className="opd-meta"), "/compare"
+    rows = [run_row(reg, name) for name in names]
+    return table(COLUMNS, rows, id="runs-list"), href("/compare", runs=",".join(names[:8]))
+
+
+def run_row(reg, name: str) -> list:  # noqa: ANN001 - Registry
+    try:
+        watched = reg.get(name)
+    except OpdwatchError as exc:  # unreadable manifest, newer format: listed, not openable
+        return [name, "unreadable", "-", str(exc), "-", "-", "-"]
+    m = watched.live.manifest
+    state = watched.detector_state
+    detector = html.Span(state.level, className=f"opd-level-{state.level}") if state else "-"
+    return [dcc.Link(name, href=run_href(name)), status(watched), fmt(watched.live.last_step), verdict(watched),
+            detector, event_line(watched.last_alert()), fmt(m.get("updated_at"))]
+
+
+def status(watched: Watched) -> str:
+    m = watched.live.manifest
+    beat = m.get("heartbeat")
+    if m.get("status") == "running" and isinstance(beat, (int, float)) and time.time() - beat > STALE_AFTER_S:
+        return "stale (no writes for 10 min)"
+    return str(m.get("status", "unknown"))
+
+
+def verdict(watched: Watched) -> html.Span | str:
+    """opdwatch.verdict on the recorded train-step metrics (their rollout/* and token/* columns are what
+    step_series reports for an unthinned run), so the list never reads a token table."""
+    from opdwatch.verdict import verdict as judge
+
+    train = watched.live.steps("train")
+    if train.height == 0:
+        return "no steps yet"
+    v = judge(train)
+    return html.Span(v.label, title="; ".join(v.reasons), className=f"opd-verdict-{v.label}")

@@ -1,0 +1,36 @@
+"""`opdwatch dashboard RUNS_ROOT`: serve the live dashboard of the runs under RUNS_ROOT (dash, localhost)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from opdwatch.errors import OpdwatchError
+from opdwatch.live import check_runs_root
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dashboard", help="serve a live dashboard of the runs under a directory",
+                       description="Serve a Dash app to watch runs as they train and drill from a curve down to "
+                       "the tokens behind it. Only runs under RUNS_ROOT can be opened.")
+    p.add_argument("runs_root", metavar="RUNS_ROOT", help="directory holding run directories (searched 3 levels)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default 127.0.0.1; 0.0.0.0 exposes run data to the network)")
+    p.add_argument("--port", type=int, default=8050, help="port (default 8050)")
+    p.add_argument("--debug", action="store_true", help="Dash debug mode (reloader, dev tools); never on a shared host")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    root = check_runs_root(args.runs_root)  # one-line error before dash is even imported
+    if not 0 < args.port < 65536:
+        raise OpdwatchError(f"--port must be in 1..65535, got {args.port}")
+    try:
+        from dashboards.app import serve
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in ("dash", "flask", "plotly"):
+            raise OpdwatchError("the dashboard needs dash: pip install 'opdwatch[dash]'") from None
+        raise
+    print(f"opdwatch dashboard: serving {root} on http://{args.host}:{args.port}/ (Ctrl+C stops)")
+    serve(Path(root), host=args.host, port=args.port, debug=args.debug)
+    return 0

@@ -39,6 +39,10 @@ class Watched:
     detector_state: DetectorState | None = None
     _fed_through: int | None = None
     _cache: dict[str, tuple[int, Any]] = field(default_factory=dict)
+    # The run page's last full figures: their structure signature (events drawn, onset) and, per graph,
+    # the series column behind each trace, so a later refresh can send only new points (a Patch).
+    figure_signature: tuple | None = None
+    figure_columns: dict[str, list[str | None]] = field(default_factory=dict)
     # Two tabs may tick the same run at once; the detector must see each step once, in order.
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

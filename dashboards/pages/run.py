@@ -12,7 +12,7 @@ from typing import Any
 
 import dash
 import polars as pl
-from dash import Input, Output, State, callback, ctx, dcc, html
+from dash import Input, Output, Patch, State, callback, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 from flask import current_app
 
@@ -26,6 +26,8 @@ from opdwatch.plots import (
     fig_synchronised_spikes,
     fig_truncation_repetition,
 )
+from opdwatch.plots._style import EVENT_COLORS, trace_columns, trace_points
+from opdwatch.plots.training import with_accuracy
 
 dash.register_page(__name__, path="/run", name="Run", title="opdwatch: run", order=1)
 
@@ -72,26 +74,62 @@ def layout(run: str | None = None, **_query: str) -> html.Div:
           # the timer pauses while a refresh runs: a refresh slower than the period would otherwise be
           # superseded by the next tick before its answer is shown, over and over
           running=[(Output("run-tick", "disabled"), True, False)])
-def refresh(_n: int | None, name: str, shown_version: int | None) -> tuple[Any, ...]:
+def refresh(_n: int | None, name: str, shown: dict | None) -> tuple[Any, ...]:
     try:
         watched = registry().get(name)
     except OpdwatchError:
         raise PreventUpdate from None  # the run disappeared; keep what is on screen
-    if watched.version == shown_version:
+    if shown and watched.version == shown.get("version"):
         raise PreventUpdate  # nothing new: the browser keeps its figures, no JSON is sent
-    figs = watched.cached("run-figures", lambda: figures(watched))
-    return (*figs, meta(watched), detector(watched), events_table(watched), watched.version)
+    sig = watched.cached("run-signature", lambda: signature(watched))
+    if shown and shown.get("signature") == list(sig) and watched.figure_signature == sig:
+        # Only points moved: replace the traces' data in place. Building the plotly figures again was
+        # ~0.3 s of every refresh on a 2,000-step run; this costs a few ms.
+        figs = watched.cached("run-patches", lambda: patches(watched))
+    else:
+        figs = watched.cached("run-figures", lambda: figures(watched, sig))
+    store = {"version": watched.version, "signature": list(sig)}
+    return (*figs, meta(watched), detector(watched), events_table(watched), store)
 
 
-def figures(watched: Watched) -> list[Any]:
-    """The run's figures from the shared plot functions (the same as ``opdwatch analyze`` draws)."""
+def signature(watched: Watched) -> tuple:
+    """What the figures draw besides points: the events shown as lines and the onset."""
     from opdwatch.verdict import verdict
 
     series = watched.live.series()
-    label = watched.name
     onset = verdict(series).onset.step if series.height else None
-    kw = {"events": {label: watched.live.events()}, "onsets": {label: onset}}
+    events = watched.live.events()
+    drawn = events.filter(pl.col("kind").is_in(list(EVENT_COLORS)) & pl.col("step").is_not_null()).height
+    return (drawn, onset)
+
+
+def figures(watched: Watched, sig: tuple) -> list[Any]:
+    """The run's figures from the shared plot functions (the same as ``opdwatch analyze`` draws)."""
+    series = watched.live.series()
+    label = watched.name
+    kw = {"events": {label: watched.live.events()}, "onsets": {label: sig[1]}}
     out = [fn({label: series}, **kw) for _, fn in STEP_FIGURES]
+    watched.figure_columns = {gid: trace_columns(fig) for (gid, _), fig in zip(STEP_FIGURES, out)}
+    watched.figure_signature = sig
+    out.append(fig_length_distribution(watched.live.lengths()))
+    return out
+
+
+def patches(watched: Watched) -> list[Any]:
+    """New points for every trace of the step figures (same traces, same layout), and the length
+    distribution rebuilt (its bins change with the longest rollout)."""
+    frame = with_accuracy(watched.live.series())
+    out: list[Any] = []
+    for gid, _ in STEP_FIGURES:
+        patch = Patch()
+        for i, column in enumerate(watched.figure_columns.get(gid, [])):
+            if column is None:
+                continue
+            steps, values = trace_points(frame, column)
+            patch["data"][i]["x"] = steps
+            patch["data"][i]["y"] = values
+            patch["data"][i]["customdata"] = [[s] for s in steps]
+        out.append(patch)
     out.append(fig_length_distribution(watched.live.lengths()))
     return out
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping
 
+import numpy as np
 import plotly.graph_objects as go
 import polars as pl
 
@@ -39,15 +40,30 @@ def line(frame: pl.DataFrame, column: str, *, name: str, color: str, dash: str =
     """A step-indexed line of ``column``; nulls are gaps. Hover shows the run, the metric and the step."""
     data = frame.select("step", column).filter(pl.col(column).is_not_null()) if column in frame.columns \
         else pl.DataFrame(schema={"step": pl.Int64, column: pl.Float64})
-    # numpy arrays, not lists: plotly validates lists element by element (seconds at 2,000 steps).
-    steps = data["step"].to_numpy()
+    # numpy arrays, not lists: plotly validates lists element by element (seconds at 2,000 steps). Steps as
+    # int32: plotly ships numpy arrays as typed arrays, and plotly.js has no int64 typed arrays.
+    steps = data["step"].to_numpy().astype(np.int32)
     return go.Scatter(
         x=steps, y=data[column].to_numpy(), mode="lines+markers", name=name,
         line={"color": color, "dash": dash, "width": 1.8}, marker={"size": 4, "color": color},
         legendgroup=legendgroup or name, showlegend=showlegend, customdata=steps.reshape(-1, 1),
+        meta={"column": column},  # lets a live view refresh the points without rebuilding the figure
         hovertemplate=f"{escape(name)}<br>{escape(label or column)}: %{{y:.4g}}<br>step %{{customdata[0]}}"
                       "<extra></extra>",
     )
+
+
+def trace_columns(fig: go.Figure) -> list[str | None]:
+    """The series column behind each trace of a step figure (None for traces not drawn by :func:`line`)."""
+    return [t.meta.get("column") if isinstance(t.meta, dict) else None for t in fig.data]
+
+
+def trace_points(frame: pl.DataFrame, column: str) -> tuple[list[int], list[float]]:
+    """(steps, values) that :func:`line` draws for ``column``: non-null rows only."""
+    if column not in frame.columns:
+        return [], []
+    data = frame.select("step", column).filter(pl.col(column).is_not_null())
+    return data["step"].to_list(), data[column].to_list()
 
 
 def _column_xrefs(fig: go.Figure, rows: int, cols: int) -> list[str]:
@@ -103,7 +119,8 @@ def add_onsets(fig: go.Figure, onsets: Mapping[str, int | None] | None, labels: 
             continue
         color = run_color(labels.index(label)) if label in labels else "#000000"
         lines.append((step, {"color": color, "width": 2, "dash": "dash"},
-                      {"text": escape(f"onset {label}: step {step}"), "xanchor": "right"}))
+                      {"text": escape(f"onset {label}: step {step}"), "xanchor": "left", "yanchor": "top",
+                       "bgcolor": "rgba(255,255,255,0.8)", "font": {"size": 11}}))
     _vlines(fig, lines, rows, cols)
 
 

@@ -63,7 +63,7 @@ def fig_synchronised_spikes(series: Series, *, events: Events = None, onsets: On
     """Fig. 7-style stack: accuracy, advantage and teacher log-prob on one step axis, to show that their
     jumps happen at the same steps. Accuracy is validation accuracy where the run has it, else rollout
     accuracy."""
-    series = {label: _with_accuracy(frame) for label, frame in series.items()}
+    series = {label: with_accuracy(frame) for label, frame in series.items()}
     panels: list[Panel] = [
         ("accuracy (validation, else rollouts)", [("accuracy", "solid", "")]),
         ("mean advantage", [("token/advantage_mean", "solid", "")]),
@@ -118,12 +118,15 @@ def _grid(series: Series, panels: list[Panel], *, rows: int, cols: int, events: 
                 fig.add_trace(trace, row=r, col=c)
     for c in range(1, cols + 1):
         fig.update_xaxes(title_text="step", row=rows, col=c)
+    # One step range for every panel: a validation panel with a few points would otherwise zoom to them.
+    fig.update_xaxes(matches="x")
     add_onsets(fig, onsets, labels, rows=rows, cols=cols)
     add_events(fig, events, rows=rows, cols=cols)
     return finish(fig, title=title, height=height)
 
 
-def _with_accuracy(frame: pl.DataFrame) -> pl.DataFrame:
+def with_accuracy(frame: pl.DataFrame) -> pl.DataFrame:
+    """Add the ``accuracy`` column the Fig. 7 view draws: validation accuracy where the run has it."""
     cols = [c for c in ("val/rollout/accuracy", "rollout/accuracy") if c in frame.columns]
     if not cols:
         return frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("accuracy"))

@@ -18,7 +18,8 @@ def points(dash_duo, graph_id: str) -> int:
     """Number of x values of the first trace of a dcc.Graph, as the browser has it."""
     return dash_duo.driver.execute_script(
         "const gd = document.querySelector(arguments[0] + ' .js-plotly-plot');"
-        "return gd && gd.data && gd.data.length ? gd.data[0].x.length : -1;", f"#{graph_id}")
+        # _fullData: plotly ships numpy arrays as typed-array specs, which plotly.js decodes there
+        "return gd && gd._fullData && gd._fullData.length ? gd._fullData[0].x.length : -1;", f"#{graph_id}")
 
 
 def wait_for(condition, timeout: float = TIMEOUT, what: str = "") -> None:

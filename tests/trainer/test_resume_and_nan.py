@@ -1,0 +1,83 @@
+"""Resume equals the uninterrupted run; a non-finite log-prob skips the update and spares the weights."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+import torch
+
+import trainer.loop as loop
+from opdwatch import open_run
+from trainer.checkpoint import list_checkpoints
+from trainer.components import model_path
+from trainer.models import load_causal_lm
+
+
+def _train_rows(run_dir) -> pl.DataFrame:
+    steps = open_run(run_dir).steps
+    steps = steps() if callable(steps) else steps
+    steps = steps.collect() if isinstance(steps, pl.LazyFrame) else steps
+    keep = [c for c in steps.columns if not c.startswith("time") and c not in ("rank",)]
+    return steps.select(keep).sort("phase", "step")
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_resume_equals_uninterrupted(tiny_config) -> None:
+    full = tiny_config("opd.steps=4", "checkpoint.every=2", "run.name=full")
+    loop.train(full)
+    broken = tiny_config("opd.steps=4", "checkpoint.every=2", "run.name=resumed")
+
+    def crash_at_3(step, summary, controller) -> None:
+        if step == 3:
+            raise Crash("simulated crash after step 3 was recorded")
+
+    with pytest.raises(Crash):
+        loop.train(broken, on_step=crash_at_3)
+    loop.train(broken, resume=True)
+    a, b = _train_rows(full.run_dir), _train_rows(broken.run_dir)
+    assert b.filter(pl.col("phase") == "train")["step"].to_list() == [
+        1,
+        2,
+        3,
+        4,
+    ]  # no duplicated/missing steps
+    assert a.columns == b.columns
+    for col in a.columns:
+        if a[col].dtype.is_float():
+            assert a[col].to_list() == pytest.approx(b[col].to_list(), abs=1e-6, nan_ok=True), col
+        else:
+            assert a[col].to_list() == b[col].to_list(), col
+    events = open_run(broken.run_dir).events
+    kinds = (events() if callable(events) else events)["kind"].to_list()
+    assert "resume" in kinds
+
+
+def test_nonfinite_logp_skips_update(tiny_config, monkeypatch) -> None:
+    config = tiny_config("opd.steps=2", "checkpoint.every=1", "checkpoint.keep=5", "run.name=nan")
+    real_score = loop.score
+    calls = []
+
+    def poisoned_score(*args, **kwargs):
+        scores = real_score(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:  # step 1 only: a NaN teacher log-prob in every minibatch
+            scores.teacher_logp_BT[:, 0] = float("nan")
+            scores.advantage_BT[:, 0] = float("nan")
+        return scores
+
+    monkeypatch.setattr(loop, "score", poisoned_score)
+    run_dir = loop.train(config)
+    initial = load_causal_lm(model_path(config, "student"), trainable=False).state_dict()
+    step1, step2 = (
+        torch.load(p / "state.pt", weights_only=False)["student"] for p in list_checkpoints(run_dir)
+    )
+    assert all(torch.equal(initial[k], step1[k]) for k in initial)  # the NaN never reached the weights
+    assert not all(torch.equal(step1[k], step2[k]) for k in initial)  # and the run went on
+    rows = _train_rows(run_dir).filter(pl.col("phase") == "train")
+    assert rows["update/skipped_nonfinite"].to_list() == [2.0, 0.0]  # both minibatches of step 1
+    events = open_run(run_dir).events
+    events = events() if callable(events) else events
+    assert events.filter(pl.col("kind") == "skip_update")["step"].to_list() == [1]

@@ -223,6 +223,7 @@ class Recorder:
         first_rollout = self._partials_count(key)
         self._partials[key] = aggregates.merge([self._partials.get(key, {}), part])
         self._chunks[key] = chunk + 1
+        self._forget_before(int(step))  # every rank, not only the one that logs metrics
 
         rollout_idx = np.arange(first_rollout, first_rollout + count, dtype=np.int64)
         per_rollout_means = _tables.masked_means(offsets, mask, s_lp, t_lp, adv, f.rep_ngram | f.rep_tail)

@@ -16,7 +16,9 @@ from opdwatch.errors import OpdwatchError
 from trainer.config import TrainConfig
 from trainer.data import Splits, make_splits
 from trainer.demo_teacher import ensure_demo_model
+from trainer.eos_canon import TokenMapping, resolve_mapping
 from trainer.models import load_causal_lm, load_tokenizer
+from trainer.special_tokens import special_token_ids
 
 
 @dataclass
@@ -26,6 +28,8 @@ class Components:
     student: PreTrainedModel  # trained
     teacher: PreTrainedModel  # frozen
     reference: PreTrainedModel  # frozen: the initial student unless models.reference names a path
+    mapping: TokenMapping | None = None  # student -> teacher ids and the stop ids (trainer.eos_canon)
+    special_ids: tuple[int, ...] = ()  # the student tokenizer's special tokens (masked from the loss if asked)
 
 
 def model_path(config: TrainConfig, role: str) -> str:
@@ -41,28 +45,29 @@ def build_components(config: TrainConfig) -> Components:
     student_path = model_path(config, "student")
     teacher_path = model_path(config, "teacher")
     tokenizer = load_tokenizer(student_path)
+    # Checked before any model loads. Student and teacher must share ordinary token ids; a different EOS or
+    # special tokens need a mapping (the paper's reader comment: mismatched EOS ids caused non-termination
+    # until both were mapped to one stop event).
+    mapping = resolve_mapping(tokenizer, load_tokenizer(teacher_path), config.tokens.eos_map)
     student = load_causal_lm(student_path, trainable=True)
     teacher = load_causal_lm(teacher_path, trainable=False)
     if config.models.reference == "student":
         reference = copy.deepcopy(student).requires_grad_(False)
     else:
         reference = load_causal_lm(config.models.reference, trainable=False)
-    # We assume student and teacher share one vocabulary and EOS (the paper's reader comment: mismatched EOS
-    # ids    # caused non-termination until both were mapped to one stop event).
-    if teacher.config.vocab_size != student.config.vocab_size:
-        raise OpdwatchError(
-            f"teacher vocab {teacher.config.vocab_size} != student vocab {student.config.vocab_size}"
-        )
-    return Components(tokenizer, make_splits(config.data), student, teacher, reference)
+    return Components(tokenizer, make_splits(config.data), student, teacher, reference, mapping,
+                      tuple(special_token_ids(tokenizer)))
 
 
-def tokenizer_info(tokenizer) -> dict[str, object]:
+def tokenizer_info(tokenizer, mapping: TokenMapping | None = None) -> dict[str, object]:
+    """What the recorder needs: every stop id (EOS flags), the special ids (`special` column), the EOS mapping."""
     return {
         "name": getattr(tokenizer, "name_or_path", ""),
-        "eos_token_ids": [tokenizer.eos_token_id],
+        "eos_token_ids": list(mapping.student_stop_ids) if mapping else [tokenizer.eos_token_id],
         "pad_token_id": tokenizer.pad_token_id,
-        "special_token_ids": list(tokenizer.all_special_ids),
+        "special_token_ids": special_token_ids(tokenizer),
         "vocab_size": len(tokenizer),
+        "eos_mapping": mapping.to_dict() if mapping else None,
     }
 
 

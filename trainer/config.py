@@ -16,6 +16,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from opdwatch.detector.settings import WatchConfig  # issue 6: early-warning watch (torch-free)
 from opdwatch.errors import OpdwatchError
 
 
@@ -98,6 +99,31 @@ class RolloutConfig:
     temperature: float = 1.0  # sampling temperature
     top_p: float = 1.0  # nucleus mass (1.0 = off)
     max_new_tokens: int = 128  # generation budget; hitting it without EOS is a truncation
+    # per-rollout random streams (inverse-CDF sampling on uniforms indexed by the global rollout number): samples
+    # do not depend on how rollouts are split over ranks, so a torchrun run reproduces a one-process run
+    counter_rng: bool = False
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    # Objective variant (Revisiting OPD; docs/scale.md)
+    estimator: str = "sampled_token"  # key of trainer.variants.ESTIMATORS: sampled_token | topk_reverse_kl
+    topk: int = 32  # teacher support size K of topk_reverse_kl
+    mask_special_tokens: bool = False  # chat-template and other special tokens get no loss (EOS keeps it)
+
+
+@dataclass(frozen=True)
+class TokensConfig:
+    # Student/teacher tokenizers (EOS canonicalisation, trainer.eos_canon)
+    eos_map: str = ""  # "" = EOS and specials must agree; "auto"; or "student:teacher" pairs (ids or token strings)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    # Rollout engine
+    kind: str = "hf"  # key of trainer.engines.ENGINES: hf (transformers) | vllm (GPU, optional extra)
+    dtype: str = "bfloat16"  # vllm: weight dtype of the rollout copy
+    gpu_memory_utilization: float = 0.4  # vllm: share of GPU memory for weights + KV cache (colocated training)
 
 
 @dataclass(frozen=True)
@@ -111,6 +137,10 @@ class OPDConfig:
     grad_clip: float = 1.0  # max gradient norm
     beta: float = 0.0  # initial weight of KL(student || reference); Stable-OPD uses > 0
     alpha: float = 0.0  # initial weight of golden SFT NLL; Stable-OPD uses > 0
+    # memory bounds at scale (0 = whole batch at once); the update is the same, only summation order changes
+    score_chunk_rows: int = 0  # rollouts per scoring forward (student pi_old, teacher, reference)
+    micro_rows: int = 0  # rollouts per forward/backward inside a minibatch (gradient accumulation); > 0 also
+    # recomputes reference logits per micro-batch instead of keeping (B, T, V) of them
 
 
 @dataclass(frozen=True)
@@ -148,9 +178,14 @@ class TrainConfig:
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     opd: OPDConfig = field(default_factory=OPDConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    tokens: TokensConfig = field(default_factory=TokensConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     val: ValConfig = field(default_factory=ValConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
+    # issue 6: early-warning detector + interventions (docs/detector.md); mode off | warn | act
+    watch: WatchConfig = field(default_factory=WatchConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -242,9 +277,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Read a YAML preset (or defaults when `path` is None), apply overrides, validate."""
     tree: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise OpdwatchError(f"config file not found: {path}")
+        path = resolve_preset(path)
         try:
             tree = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
@@ -253,6 +286,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     config = _build(TrainConfig, tree, "")
     validate(config)
     return config
+
+
+PRESETS_DIR = Path(__file__).parent / "configs"
+
+
+def resolve_preset(path: str | Path) -> Path:
+    """A YAML path, or the name of a preset in trainer/configs (``demo_stable_opd``), so the shipped presets
+    work from any directory and from a wheel install."""
+    path = Path(path)
+    if path.exists():
+        return path
+    preset = PRESETS_DIR / f"{path.name.removesuffix('.yaml')}.yaml"
+    if path.parent == Path(".") and preset.exists():
+        return preset
+    known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
+    raise OpdwatchError(f"config file not found: {path} (presets: {known})")
 
 
 def with_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
@@ -269,6 +318,7 @@ def _check(ok: bool, message: str) -> None:
 
 def validate(c: TrainConfig) -> None:
     """Reject values that would fail (or silently do nothing) later, before any model is loaded."""
+    c.watch.validate()  # issue 6: one-line OpdwatchError on a bad watch.* value
     _check(bool(c.run.name) and "/" not in c.run.name, f"run.name={c.run.name!r}: must be a non-empty name")
     _check(c.run.threads >= 1, f"run.threads={c.run.threads}: must be >= 1")
     _check(
@@ -323,6 +373,15 @@ def validate(c: TrainConfig) -> None:
     _check(c.val.temperature >= 0, f"val.temperature={c.val.temperature}: must be >= 0 (0 = greedy)")
     _check(c.val.max_new_tokens >= 1, f"val.max_new_tokens={c.val.max_new_tokens}: must be >= 1")
     _check(c.checkpoint.every >= 0 and c.checkpoint.keep >= 1, "checkpoint.every must be >= 0 and keep >= 1")
+    from trainer.engines import ENGINES  # registries live beside their functions
+    from trainer.variants import ESTIMATORS
+
+    _check(c.objective.estimator in ESTIMATORS,
+           f"objective.estimator={c.objective.estimator!r}: one of {', '.join(sorted(ESTIMATORS))}")
+    _check(c.objective.topk >= 1, f"objective.topk={c.objective.topk}: must be >= 1")
+    _check(o.score_chunk_rows >= 0 and o.micro_rows >= 0, "opd.score_chunk_rows and opd.micro_rows must be >= 0")
+    _check(c.engine.kind in ENGINES, f"engine.kind={c.engine.kind!r}: one of {', '.join(sorted(ENGINES))}")
+    _check(0 < c.engine.gpu_memory_utilization <= 1, "engine.gpu_memory_utilization must be in (0, 1]")
     rec = c.recorder
     _check(
         rec.tail_window >= 1 and 0 < rec.tail_threshold <= 1 and rec.ngram_n >= 1,

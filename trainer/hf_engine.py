@@ -6,10 +6,14 @@ cache bookkeeping) dominates; a bare loop was ~2-3x faster (benchmarks/rollout_t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from trainer import sampling
 from trainer.engine import FinishReason, RolloutBatch, SamplingParams
+from trainer.fast_decode import FastDecoder, unsupported_reason
 
 
 def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,69 +34,93 @@ def sample_next(
     logits_BV: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row; returns (token_B, logp_B), logp under the distribution sampled from."""
-    if params.temperature <= 0:
-        logp_BV = torch.log_softmax(logits_BV.float(), dim=-1)
-        token_B = logp_BV.argmax(dim=-1)
-        return token_B, logp_BV.gather(1, token_B[:, None]).squeeze(1)
-    logp_BV = torch.log_softmax(logits_BV.float() / params.temperature, dim=-1)
-    if params.top_p < 1.0:
-        sorted_BV, order_BV = logp_BV.sort(dim=-1, descending=True)
-        mass_before_BV = sorted_BV.exp().cumsum(dim=-1) - sorted_BV.exp()
-        sorted_BV = sorted_BV.masked_fill(mass_before_BV >= params.top_p, float("-inf"))
-        logp_BV = torch.full_like(logp_BV, float("-inf")).scatter(1, order_BV, sorted_BV)
-        logp_BV = torch.log_softmax(logp_BV, dim=-1)
-    token_B = torch.multinomial(logp_BV.exp(), 1, generator=generator).squeeze(1)
-    return token_B, logp_BV.gather(1, token_B[:, None]).squeeze(1)
+    return sampling.sample_next(logits_BV, temperature=params.temperature, top_p=params.top_p, generator=generator)
 
 
 class HFEngine:
     """`RolloutEngine` on a transformers model; `generator` makes sampling reproducible (and checkpointable)."""
 
     def __init__(
-        self, model: PreTrainedModel, *, eos_id: int, pad_id: int, generator: torch.Generator | None = None
+        self, model: PreTrainedModel, *, eos_id: int, pad_id: int, generator: torch.Generator | None = None,
+        stop_ids: Sequence[int] = (), counter_rng: bool = False, fast: bool = True,
     ):
         self.model = model
+        # fast: decode with trainer.fast_decode (same math, preallocated KV cache, no transformers per-step
+        # machinery; ~2x tokens/s on the demo models) when the architecture supports it, else the HF forward
+        self.fast = fast
+        self.decoder: FastDecoder | None = None  # built on first use, keeps its RoPE tables
         self.eos_id = eos_id
         self.pad_id = pad_id
         self.generator = generator
+        # every id that ends a rollout: the EOS plus the other canonical stop ids (trainer.eos_canon)
+        self.stop_ids = torch.tensor(sorted({eos_id, *stop_ids}), dtype=torch.long)
+        # counter_rng: row i of a call draws from uniforms indexed by (call, position, global row number), so a
+        # rollout does not depend on which rank samples it; `rows` = (global row numbers of this call's rows,
+        # global row count) for the next call only (validation then samples its prompts as rows 0..n-1)
+        self.counter_rng = counter_rng
+        self.rows: tuple[list[int], int] | None = None
+
+    def _sampler(self, B: int, params: SamplingParams):
+        """The per-position sampling function of one generate call."""
+        if not self.counter_rng:
+            return lambda logits_BV, t: sample_next(logits_BV, params, self.generator)
+        index, total = self.rows or (list(range(B)), B)
+        self.rows = None
+        index_B = torch.tensor(index, dtype=torch.long)
+        base = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+
+        def sample(logits_BV: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+            g = torch.Generator().manual_seed(base + t)
+            u_B = torch.rand(total, generator=g, dtype=torch.float64)[index_B]
+            return sampling.sample_from_uniform(logits_BV, u_B, temperature=params.temperature, top_p=params.top_p)
+
+        return sample
+
+    def _start(
+        self, ids_BP: torch.Tensor, mask_BP: torch.Tensor, max_new_tokens: int
+    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """Prefill: (logits (B, V) at the last prompt column, `feed`: token_B -> the next logits (B, V))."""
+        if self.fast and unsupported_reason(self.model) is None:  # checked per call: e.g. train mode + dropout
+            self.decoder = self.decoder or FastDecoder(self.model)
+            return self.decoder.start(ids_BP, mask_BP, max_new_tokens), self.decoder.step
+        B = ids_BP.shape[0]
+        pos_BP = (mask_BP.cumsum(dim=1) - 1).clamp(min=0)  # positions count real tokens only
+        out = self.model(
+            input_ids=ids_BP, attention_mask=mask_BP, position_ids=pos_BP, past_key_values=DynamicCache(),
+            use_cache=True,
+        )
+        state = {"mask_BS": mask_BP, "pos_B": pos_BP[:, -1] + 1, "cache": out.past_key_values}
+
+        def feed(token_B: torch.Tensor) -> torch.Tensor:
+            state["mask_BS"] = torch.cat([state["mask_BS"], torch.ones((B, 1), dtype=torch.long)], dim=1)
+            out = self.model(
+                input_ids=token_B[:, None], attention_mask=state["mask_BS"], position_ids=state["pos_B"][:, None],
+                past_key_values=state["cache"], use_cache=True,
+            )
+            state["pos_B"] = state["pos_B"] + 1
+            return out.logits[:, -1]
+
+        return out.logits[:, -1], feed
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutBatch:
         ids_BP, mask_BP = left_pad(prompt_ids, self.pad_id)
         B = ids_BP.shape[0]
-        pos_BP = (mask_BP.cumsum(dim=1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        out = self.model(
-            input_ids=ids_BP,
-            attention_mask=mask_BP,
-            position_ids=pos_BP,
-            past_key_values=cache,
-            use_cache=True,
-        )
-        logits_BV = out.logits[:, -1]
-        mask_BS, next_pos_B = mask_BP, pos_BP[:, -1] + 1
+        logits_BV, feed = self._start(ids_BP, mask_BP, params.max_new_tokens)
         tokens, logps = [], []
         done_B = torch.zeros(B, dtype=torch.bool)
         lengths_B = torch.zeros(B, dtype=torch.long)
-        for _ in range(params.max_new_tokens):
-            token_B, logp_B = sample_next(logits_BV, params, self.generator)
+        sample = self._sampler(B, params)
+        for t in range(params.max_new_tokens):
+            token_B, logp_B = sample(logits_BV, t)
             token_B = token_B.masked_fill(done_B, self.pad_id)
             tokens.append(token_B)
             logps.append(logp_B.masked_fill(done_B, 0.0))
             lengths_B += (~done_B).long()
-            done_B |= token_B == self.eos_id
+            done_B |= torch.isin(token_B, self.stop_ids)
             if bool(done_B.all()):
                 break
-            mask_BS = torch.cat([mask_BS, torch.ones((B, 1), dtype=torch.long)], dim=1)
-            out = self.model(
-                input_ids=token_B[:, None],
-                attention_mask=mask_BS,
-                position_ids=next_pos_B[:, None],
-                past_key_values=out.past_key_values,
-                use_cache=True,
-            )
-            logits_BV = out.logits[:, -1]
-            next_pos_B = next_pos_B + 1
+            logits_BV = feed(token_B)
         tokens_BT = torch.stack(tokens, dim=1)
         finish: list[FinishReason] = ["eos" if d else "length" for d in done_B.tolist()]
         return RolloutBatch(

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from opdwatch import aggregates
+from opdwatch.detector.settings import WatchConfig  # issue 6
 from opdwatch.errors import OpdwatchError
 from opdwatch.recorder import Recorder, RecorderSettings
 from trainer.checkpoint import load_latest, save_checkpoint
@@ -29,12 +31,25 @@ from trainer.components import Components, build_components, tokenizer_info
 from trainer.config import TrainConfig, config_to_dict
 from trainer.controller import Controller
 from trainer.data import Example, prompt_ids, solution_ids
-from trainer.engine import SamplingParams
-from trainer.hf_engine import HFEngine
+from trainer.distributed import (
+    SINGLE,
+    DistEnv,
+    broadcast_object,
+    init_from_env,
+    local_minibatches,
+    main_first,
+    reduce_partials,
+    shutdown,
+    sync_controller,
+)
+from trainer.engine import RolloutEngine, SamplingParams
+from trainer.engines import ENGINES
 from trainer.scoring import build_sequences
 from trainer.sft import golden_sequence, pack_right, sft_train
 from trainer.step import mean_metrics, minibatch_update, score
 from trainer.validation import validate
+from trainer.variants import ESTIMATORS
+from trainer.watch import TrainerWatch, restore_healthy  # issue 6: early-warning watch
 
 StepHook = Callable[[int, dict[str, float], Controller], None]  # e.g. a detector that calls controller.set()
 
@@ -46,7 +61,12 @@ def train(
     controller: Controller | None = None,
     on_step: StepHook | None = None,
 ) -> Path:
-    """Run (or resume) OPD as configured; returns the run directory."""
+    """Run (or resume) OPD as configured; returns the run directory.
+
+    Under `torchrun` every rank runs this function (data parallel, trainer.distributed, docs/scale.md): rank 0
+    owns the manifest, step metrics, validation, events and checkpoints; every rank records its own rollouts.
+    """
+    env = init_from_env()
     torch.set_num_threads(config.run.threads)
     torch.manual_seed(config.run.seed)
     run_dir = config.run_dir
@@ -56,13 +76,14 @@ def train(
     if not resume and (run_dir / "manifest.json").exists():  # fail before any model is loaded or trained
         raise OpdwatchError(f"{run_dir}: a run is already recorded here (resume it or choose a new run.name)")
 
-    parts = build_components(config)
+    with main_first(env):  # rank 0 builds and caches demo models before the other ranks load them
+        parts = build_components(config)
     student, tok = parts.student, parts.tokenizer
     optimizer = torch.optim.Adam(student.parameters(), lr=config.opd.lr)
     controller = controller or Controller(beta=config.opd.beta, alpha=config.opd.alpha)
     sampler_rng = torch.Generator().manual_seed(config.run.seed)  # rollout sampling
     prompt_rng = random.Random(config.run.seed)  # prompt order
-    engine = HFEngine(student, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, generator=sampler_rng)
+    engine = ENGINES[config.engine.kind](config, parts, sampler_rng)
     if ckpt is None:
         sft_warmup(config, parts)
     else:
@@ -72,30 +93,42 @@ def train(
     rec = Recorder.create(
         run_dir,
         config=config_to_dict(config),
-        tokenizer_info=tokenizer_info(tok),
+        tokenizer_info=tokenizer_info(tok, parts.mapping),
         settings=RecorderSettings(**config_to_dict(config.recorder)),
+        rank=env.rank,
+        world_size=env.world_size,
         resume_from_step=None if ckpt is None else ckpt["step"],
     )
+    # issue 6 (trainer/watch.py): detector + alerts + beta/alpha interventions per config.watch.mode, on rank 0
+    # only (sync_controller hands its beta/alpha to the other ranks); rollbacks only in single-process runs.
+    watch = TrainerWatch(config.watch if env.is_main else WatchConfig(mode="off"), rec, run_name=config.run.name,
+                         run_config=config_to_dict(config), wandb_dir=run_dir, beta=controller.beta,
+                         alpha=controller.alpha, restore=None if env.world_size > 1 else
+                         lambda max_step: restore_healthy(run_dir, max_step, student, optimizer))
     try:
-        if ckpt is None:
+        if ckpt is None and env.is_main:
             rec.event("info", step=0, message=f"start: beta={controller.beta:g}, alpha={controller.alpha:g}",
                       beta=controller.beta, alpha=controller.alpha)
             if config.val.every:
                 run_validation(config, parts, engine, rec, step=0)
-        record_interventions(rec, controller)  # changes made before training started
-        bar = tqdm(range(start, config.opd.steps + 1), desc=config.run.name, disable=not config.run.progress,
-                   initial=start - 1, total=config.opd.steps)
+        record_interventions(rec, controller, env)  # changes made before training started
+        bar = tqdm(range(start, config.opd.steps + 1), desc=config.run.name,
+                   disable=not config.run.progress or not env.is_main, initial=start - 1, total=config.opd.steps)
         val_accuracy = math.nan
         for step in bar:
-            summary = opd_step(config, parts, engine, optimizer, controller, rec, prompt_rng, step)
+            summary = opd_step(config, parts, engine, optimizer, controller, rec, prompt_rng, step, env)
             controller.step = step
-            if config.val.every and (step % config.val.every == 0 or step == config.opd.steps):
+            if config.val.every and (step % config.val.every == 0 or step == config.opd.steps) and env.is_main:
                 summary.update(run_validation(config, parts, engine, rec, step=step))
                 val_accuracy = summary["val/accuracy"]
+            summary = broadcast_object(summary, env)  # every rank's hook sees rank 0's global summary
+            watch(step, summary, controller)  # issue 6: detect/alert/act; may change beta/alpha
             if on_step is not None:
                 on_step(step, summary, controller)  # a detector may change beta/alpha here ...
-            record_interventions(rec, controller)  # ... recorded at this step, applied from the next one
-            if step == config.opd.steps or (config.checkpoint.every and step % config.checkpoint.every == 0):
+            sync_controller(controller, env)  # rank 0's beta/alpha win: replicas never train differently
+            record_interventions(rec, controller, env)  # ... recorded at this step, applied from the next one
+            every = config.checkpoint.every
+            if env.is_main and (step == config.opd.steps or (every and step % every == 0)):
                 state = checkpoint_state(step, parts, optimizer, controller, sampler_rng, prompt_rng, config)
                 path = save_checkpoint(run_dir, step, state, config.checkpoint.keep)
                 rec.event("checkpoint", step=step, message=f"saved {path.name}", path=str(path))
@@ -103,15 +136,18 @@ def train(
                             rep=f"{summary['rollout/repetition_rate']:.2f}",
                             len=f"{summary['rollout/mean_length']:.0f}", val_acc=f"{val_accuracy:.2f}", refresh=False)
     except BaseException as exc:
+        watch.close()  # issue 6
         rec.event("error", step=controller.step, message=f"{type(exc).__name__}: {exc}"[:500])
         rec.close("failed")
         raise
+    watch.close()  # issue 6: finishes a wandb run the watch started
     rec.close("finished")
+    shutdown(env)
     return run_dir
 
 
-def record_interventions(rec: Recorder, controller: Controller) -> None:
-    for event in controller.drain():
+def record_interventions(rec: Recorder, controller: Controller, env: DistEnv = SINGLE) -> None:
+    for event in controller.drain() if env.is_main else ():  # other ranks hold rank 0's copy (sync_controller)
         rec.event("intervention", step=event.step, message=event.message, beta=event.beta, alpha=event.alpha,
                   reason=event.reason)
 
@@ -119,26 +155,40 @@ def record_interventions(rec: Recorder, controller: Controller) -> None:
 def opd_step(
     config: TrainConfig,
     parts: Components,
-    engine: HFEngine,
+    engine: RolloutEngine,
     optimizer: torch.optim.Optimizer,
     controller: Controller,
     rec: Recorder,
     prompt_rng: random.Random,
     step: int,
+    env: DistEnv = SINGLE,
 ) -> dict[str, float]:
-    """One OPD step; returns the recorder's step summary merged with loss/timing metrics."""
-    tok, r = parts.tokenizer, config.rollout
+    """One OPD step; returns the step summary (global over ranks) merged with loss/timing metrics.
+
+    Data parallel: every rank draws the same prompts and takes its share of each minibatch; local positions
+    index this rank's prompts, while `chosen` and the sampler's row numbers stay global.
+    """
+    tok, r, S = parts.tokenizer, config.rollout, config.rollout.samples_per_prompt
     t0 = time.perf_counter()
-    chosen = prompt_rng.sample(range(len(parts.splits.opd)), r.prompts_per_step)
+    chosen_all = prompt_rng.sample(range(len(parts.splits.opd)), r.prompts_per_step)
+    shares = local_minibatches(r.prompts_per_step, config.opd.minibatches, env)  # global prompt positions
+    mine = [g for share in shares for g in share]
+    chosen = [chosen_all[g] for g in mine]
     examples: list[Example] = [parts.splits.opd[i] for i in chosen]
     prompts_P = [prompt_ids(tok, ex.question) for ex in examples]
-    prompts_B = [p for p in prompts_P for _ in range(r.samples_per_prompt)]  # prompt-major: row = p * S + s
+    prompts_B = [p for p in prompts_P for _ in range(S)]  # prompt-major: row = p * S + s
+    engine.rows = ([g * S + s for g in mine for s in range(S)], r.prompts_per_step * S)  # global row numbers
     rollouts = engine.generate(prompts_B, SamplingParams(r.temperature, r.top_p, r.max_new_tokens))
     responses_B = rollouts.token_lists()
     t1 = time.perf_counter()
 
+    estimator = ESTIMATORS[config.objective.estimator]
     seq = build_sequences(prompts_B, responses_B, tok.pad_token_id)
-    scores = score(seq, parts.student, parts.teacher, parts.reference)
+    scores = score(seq, parts.student, parts.teacher, parts.reference, mapping=parts.mapping,
+                   topk=config.objective.topk if estimator.needs_topk else 0,
+                   chunk_rows=config.opd.score_chunk_rows, keep_ref_logits=config.opd.micro_rows == 0,
+                   masked_ids=parts.special_ids if config.objective.mask_special_tokens else (),
+                   stop_ids=parts.mapping.student_stop_ids if parts.mapping else (tok.eos_token_id,))
     t2 = time.perf_counter()
 
     beta, alpha = controller.beta, controller.alpha  # read once per step: a change applies from the next step
@@ -146,8 +196,11 @@ def opd_step(
     for group in optimizer.param_groups:  # a function of the step alone, so resuming needs no scheduler state
         group["lr"] = lr
     losses = []
-    for prompt_idx in torch.arange(r.prompts_per_step).chunk(config.opd.minibatches):
-        rows = (prompt_idx[:, None] * r.samples_per_prompt + torch.arange(r.samples_per_prompt)).flatten()
+    offset = 0
+    for share in shares:
+        prompt_idx = torch.arange(offset, offset + len(share))  # local prompt positions of this minibatch
+        offset += len(share)
+        rows = (prompt_idx[:, None] * S + torch.arange(S)).flatten()
         golden = build_sequences(
             [prompts_P[i] for i in prompt_idx.tolist()],
             [solution_ids(tok, examples[i].solution) for i in prompt_idx.tolist()],
@@ -165,11 +218,15 @@ def opd_step(
                 alpha=alpha,
                 clip_eps=config.opd.clip_eps,
                 grad_clip=config.opd.grad_clip,
+                estimator=estimator,
+                env=env,
+                micro_rows=config.opd.micro_rows,
+                reference=parts.reference,
             )
         )
     metrics = mean_metrics(losses)
     skipped = metrics["update/skipped_nonfinite"]
-    if skipped:
+    if skipped and env.is_main:
         rec.event(
             "skip_update", step=step, message=f"non-finite log-prob/loss/grad: skipped {skipped:g} update(s)"
         )
@@ -195,21 +252,25 @@ def opd_step(
         teacher_logp=scores.teacher_logp_BT,
         ref_logp=scores.ref_logp_BT,
         advantage=scores.advantage_BT,
+        loss_mask=None if scores.loss_mask_BT is None else scores.loss_mask_BT.bool(),
         finish_reasons=rollouts.finish_reasons,
         texts=texts,
         source="onpolicy",
-        prompt_ids=[f"opd-{chosen[i // r.samples_per_prompt]}" for i in range(len(prompts_B))],
-        sample_index=[i % r.samples_per_prompt for i in range(len(prompts_B))],
-        prompt_texts=[examples[i // r.samples_per_prompt].question for i in range(len(prompts_B))],
+        prompt_ids=[f"opd-{chosen[i // S]}" for i in range(len(prompts_B))],
+        sample_index=[i % S for i in range(len(prompts_B))],
+        prompt_texts=[examples[i // S].question for i in range(len(prompts_B))],
         metrics=metrics,
     )
+    if env.active:  # each rank recorded its rollouts; the step's metrics are over all ranks (rank 0 writes them)
+        summary = {**aggregates.finalize(reduce_partials(rec.partials(step, "train"), env)), **metrics}
+        rec.log_metrics(step, "train", summary)
     timing = {"time/record": time.perf_counter() - t3}
     rec.log_metrics(step, "train", timing)
     return {**summary, **timing}
 
 
 def run_validation(
-    config: TrainConfig, parts: Components, engine: HFEngine, rec: Recorder, step: int
+    config: TrainConfig, parts: Components, engine: RolloutEngine, rec: Recorder, step: int
 ) -> dict[str, float]:
     """Sample the held-out prompts (own RNG stream per step), check answers, record as phase "val"."""
     t0 = time.perf_counter()
@@ -234,6 +295,7 @@ def run_validation(
         prompt_ids=[f"val-{i}" for i in range(len(examples))],
         prompt_texts=[ex.question for ex in examples],
         metrics={"time/val": time.perf_counter() - t0},
+        write_metrics=True,  # only rank 0 validates, so its metrics are the global ones
     )
     return {
         f"val/{key.split('/', 1)[1]}": value for key, value in summary.items() if key.startswith("rollout/")

@@ -13,8 +13,14 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from trainer.objective import clipped_surrogate_loss, full_vocab_kl, reverse_kl_advantage, sft_nll, total_loss
+from trainer.distributed import SINGLE, DistEnv, all_reduce_gradients, all_sum, any_rank
+from trainer.eos_canon import TokenMapping
+from trainer.objective import full_vocab_kl, reverse_kl_advantage, sft_nll, total_loss
+from trainer.objective_topk import TeacherTopK
 from trainer.scoring import SequenceBatch, response_logits, token_logp
+from trainer.special_tokens import mask_special_tokens
+from trainer.teacher_scoring import score_teacher
+from trainer.variants import ESTIMATORS, Estimator, OPDInputs
 
 
 @dataclass
@@ -22,28 +28,64 @@ class Scores:
     old_logp_BT: torch.Tensor  # (B, T) student log-prob of the sampled tokens before the update (pi_old)
     teacher_logp_BT: torch.Tensor  # (B, T)
     ref_logp_BT: torch.Tensor  # (B, T)
-    ref_logits_BTV: torch.Tensor  # (B, T, V) for the full-vocabulary KL
+    ref_logits_BTV: torch.Tensor | None  # (B, T, V) for the full-vocabulary KL; None = recomputed per micro-batch
     advantage_BT: torch.Tensor  # (B, T) teacher - student, detached
+    loss_mask_BT: torch.Tensor | None = None  # (B, T) tokens that get loss (special tokens masked); None = all
+    teacher_topk: TeacherTopK | None = None  # (B, T, K) teacher support for the top-K estimator
+
+
+def row_chunks(n: int, size: int) -> list[torch.Tensor]:
+    """Row indices 0..n-1 in chunks of `size` (0 = one chunk)."""
+    return list(torch.arange(n).split(size if size > 0 else max(n, 1)))
 
 
 @torch.no_grad()
 def score(
-    seq: SequenceBatch, student: PreTrainedModel, teacher: PreTrainedModel, reference: PreTrainedModel
+    seq: SequenceBatch,
+    student: PreTrainedModel,
+    teacher: PreTrainedModel,
+    reference: PreTrainedModel,
+    *,
+    mapping: TokenMapping | None = None,
+    topk: int = 0,
+    chunk_rows: int = 0,
+    keep_ref_logits: bool = True,
+    masked_ids: tuple[int, ...] = (),
+    stop_ids: tuple[int, ...] = (),
 ) -> Scores:
-    old_logp_BT = token_logp(response_logits(student, seq), seq.tokens_BT)
-    teacher_logp_BT = token_logp(response_logits(teacher, seq), seq.tokens_BT)
-    ref_logits_BTV = response_logits(reference, seq)
+    """Student (pi_old), teacher and reference log-probs of the rollouts, `chunk_rows` rollouts per forward
+    (0 = all at once). The teacher scores them in its own ids (EOS mapping) and keeps its top-K support when
+    `topk` > 0; `keep_ref_logits=False` keeps no (B, T, V) tensor (the update recomputes reference logits per
+    micro-batch); `masked_ids` (special tokens) leave the loss mask, except `stop_ids`."""
+    old, ref, ref_logits = [], [], []
+    for rows in row_chunks(seq.tokens_BT.shape[0], chunk_rows):
+        part = seq.rows(rows) if chunk_rows > 0 else seq
+        old.append(token_logp(response_logits(student, part), part.tokens_BT))
+        logits_BTV = response_logits(reference, part)
+        ref.append(token_logp(logits_BTV, part.tokens_BT))
+        if keep_ref_logits:
+            ref_logits.append(logits_BTV)
+        del logits_BTV
+    old_logp_BT, ref_logp_BT = torch.cat(old), torch.cat(ref)
+    ref_logits_BTV = torch.cat(ref_logits) if keep_ref_logits else None
+    vocab = student.config.vocab_size
+    teacher_scores = score_teacher(teacher, seq, mapping=mapping, k=topk, student_vocab_size=vocab,
+                                   chunk_rows=chunk_rows)
     mask_BT = seq.mask_BT.bool()
     zero = torch.zeros_like(old_logp_BT)
     # Padding positions hold arbitrary log-probs; zero them so they never leak into sums or the records.
-    old_logp_BT, teacher_logp_BT = old_logp_BT.where(mask_BT, zero), teacher_logp_BT.where(mask_BT, zero)
-    ref_logp_BT = token_logp(ref_logits_BTV, seq.tokens_BT).where(mask_BT, zero)
+    old_logp_BT, teacher_logp_BT = old_logp_BT.where(mask_BT, zero), teacher_scores.logp_BT.where(mask_BT, zero)
+    ref_logp_BT = ref_logp_BT.where(mask_BT, zero)
+    loss_mask_BT = (mask_special_tokens(seq.tokens_BT, seq.mask_BT, masked_ids, keep_ids=stop_ids)
+                    if masked_ids else None)
     return Scores(
         old_logp_BT,
         teacher_logp_BT,
         ref_logp_BT,
         ref_logits_BTV,
         reverse_kl_advantage(teacher_logp_BT, old_logp_BT),
+        loss_mask_BT,
+        teacher_scores.topk,
     )
 
 
@@ -63,38 +105,70 @@ def minibatch_update(
     alpha: float,
     clip_eps: float,
     grad_clip: float,
+    estimator: Estimator = ESTIMATORS["sampled_token"],
+    env: DistEnv = SINGLE,
+    micro_rows: int = 0,
+    reference: PreTrainedModel | None = None,
 ) -> dict[str, float]:
-    """Loss on rollout rows `rows` (+ their golden solutions), backward, clip, step. Returns metrics."""
-    mb = seq.rows(rows)
-    mask_BT = mb.mask_BT
-    logits_BTV = response_logits(student, mb)
-    logp_BT = token_logp(logits_BTV, mb.tokens_BT).where(mask_BT.bool(), torch.zeros(()))
-    opd = clipped_surrogate_loss(
-        logp_BT, scores.old_logp_BT[rows], scores.advantage_BT[rows], mask_BT, clip_eps
-    )
-    kl = full_vocab_kl(logits_BTV, scores.ref_logits_BTV[rows], mask_BT)
-    sft = torch.zeros(())
-    if golden is not None and alpha > 0:  # the golden forward costs a pass; skip it when its weight is 0
-        sft = sft_nll(token_logp(response_logits(student, golden), golden.tokens_BT), golden.mask_BT)
-    loss = total_loss(opd=opd, kl=kl, sft=sft, beta=beta, alpha=alpha)
+    """Loss on rollout rows `rows` (+ their golden solutions), backward, clip, step. Returns metrics.
+
+    The loss is the token-mean over the whole minibatch on all ranks. `micro_rows` > 0 runs the forward/backward
+    on that many rollouts (and golden solutions) at a time, each weighted by its share of the minibatch's tokens,
+    so memory is bounded and the update is the same (gradient accumulation); reference logits are then
+    recomputed per micro-batch from `reference` when `scores` holds none. Data parallel (`env.active`): the token
+    shares are global and gradients are summed over ranks (trainer.distributed).
+    """
+    loss_mask_BT = seq.mask_BT if scores.loss_mask_BT is None else scores.loss_mask_BT
+    n_tokens = all_sum(float(loss_mask_BT[rows].sum()), env)  # the minibatch's loss tokens on all ranks
+    use_sft = golden is not None and alpha > 0  # the golden forward costs a pass; skip it when its weight is 0
+    n_golden = all_sum(float(golden.mask_BT.sum()), env) if use_sft else 0.0
+    micro = [rows[c] for c in row_chunks(len(rows), micro_rows)]
+    golden_micro = row_chunks(golden.tokens_BT.shape[0], micro_rows) if use_sft else []
+    optimizer.zero_grad(set_to_none=True)
+    totals = {"total": 0.0, "opd": 0.0, "kl": 0.0, "sft": 0.0}
+    finite = all_finite(scores.old_logp_BT[rows], scores.teacher_logp_BT[rows], scores.ref_logp_BT[rows])
+    for i in range(max(len(micro), len(golden_micro))):
+        terms = {"opd": torch.zeros(()), "kl": torch.zeros(()), "sft": torch.zeros(())}
+        if i < len(micro):
+            r = micro[i]
+            mb = seq.rows(r)
+            mask_BT = loss_mask_BT[r]
+            share = float(mask_BT.sum()) / n_tokens if n_tokens > 0 else 0.0  # 1.0 for one chunk on one rank
+            logits_BTV = response_logits(student, mb)
+            logp_BT = token_logp(logits_BTV, mb.tokens_BT).where(mb.mask_BT.bool(), torch.zeros(()))
+            topk = None if scores.teacher_topk is None else scores.teacher_topk.rows(r)
+            if scores.ref_logits_BTV is not None:
+                ref_logits_BTV = scores.ref_logits_BTV[r]
+            else:
+                with torch.no_grad():
+                    ref_logits_BTV = response_logits(reference, mb)
+            terms["opd"] = share * estimator.loss(OPDInputs(logits_BTV, logp_BT, scores.old_logp_BT[r],
+                                                            scores.advantage_BT[r], mask_BT, clip_eps, topk))
+            terms["kl"] = share * full_vocab_kl(logits_BTV, ref_logits_BTV, mask_BT)
+            finite = finite and all_finite(logp_BT.detach())
+        if i < len(golden_micro):
+            g = golden.rows(golden_micro[i])
+            g_share = float(g.mask_BT.sum()) / n_golden if n_golden > 0 else 0.0
+            terms["sft"] = g_share * sft_nll(token_logp(response_logits(student, g), g.tokens_BT), g.mask_BT)
+        loss = total_loss(opd=terms["opd"], kl=terms["kl"], sft=terms["sft"], beta=beta, alpha=alpha)
+        finite = finite and all_finite(loss.detach())
+        for key, value in (("total", loss), *terms.items()):
+            totals[key] += float(value.detach())
+        if finite and loss.requires_grad:
+            loss.backward()  # accumulates: the sum over micro-batches (and ranks) is the minibatch token-mean
+    totals = {key: all_sum(value, env) for key, value in totals.items()}
     metrics = {
-        "loss/total": float(loss.detach()),
-        "loss/opd": float(opd.detach()),
-        "loss/kl": float(kl.detach()),
-        "loss/sft": float(sft.detach()),
+        "loss/total": totals["total"],
+        "loss/opd": totals["opd"],
+        "loss/kl": totals["kl"],
+        "loss/sft": totals["sft"],
         "update/skipped_nonfinite": 0.0,
     }
-    optimizer.zero_grad(set_to_none=True)
-    if not all_finite(
-        loss.detach(),
-        scores.old_logp_BT[rows],
-        scores.teacher_logp_BT[rows],
-        scores.ref_logp_BT[rows],
-        logp_BT.detach(),
-    ):
+    if any_rank(not finite, env):  # every rank skips together, or the replicas would drift apart
+        optimizer.zero_grad(set_to_none=True)
         metrics.update({"update/skipped_nonfinite": 1.0, "optim/grad_norm": math.nan})
         return metrics
-    loss.backward()
+    all_reduce_gradients(student, env)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip))
     metrics["optim/grad_norm"] = grad_norm
     if not math.isfinite(grad_norm):

@@ -1,0 +1,32 @@
+"""Rollout engines by name (config `engine.kind`): each builder returns a `RolloutEngine` for the run's student.
+
+    ENGINES["hf"]    transformers forward loop with a KV cache (CPU or GPU), trainer.hf_engine
+    ENGINES["vllm"]  vLLM on a GPU with per-step weight sync from the student, trainer.vllm_engine (optional extra)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from trainer.hf_engine import HFEngine
+
+
+def build_hf(config: Any, parts: Any, generator: torch.Generator) -> HFEngine:
+    tok = parts.tokenizer
+    return HFEngine(parts.student, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, generator=generator,
+                    stop_ids=parts.mapping.student_stop_ids, counter_rng=config.rollout.counter_rng)
+
+
+def build_vllm(config: Any, parts: Any, generator: torch.Generator) -> Any:
+    from trainer.components import model_path
+    from trainer.vllm_engine import VLLMEngine
+
+    return VLLMEngine.launch(model_path(config, "student"), stop_ids=parts.mapping.student_stop_ids,
+                             pad_id=parts.tokenizer.pad_token_id, student=parts.student, seed=config.run.seed,
+                             dtype=config.engine.dtype, gpu_memory_utilization=config.engine.gpu_memory_utilization)
+
+
+ENGINES: dict[str, Callable[[Any, Any, torch.Generator], Any]] = {"hf": build_hf, "vllm": build_vllm}

@@ -1,0 +1,118 @@
+"""Replay a recorded run through the detector, step by step as if live, to see when it would have warned.
+
+``replay(run, settings)`` reads the run's train-step metrics (the same dicts the trainer passes to the
+detector) and returns a :class:`Replay`: one row per step with the level and each signal's statistic, the
+transitions with their evidence, the first warning and alarm, what the policy would have done, and the
+run's collapse step (first step with truncation rate >= 0.5), so lead time can be read off directly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from opdwatch.detector.detector import Detector, DetectorState
+from opdwatch.detector.policy import Decision, InterventionPolicy
+from opdwatch.detector.settings import DetectorSettings, PolicySettings
+from opdwatch.errors import OpdwatchError
+from opdwatch.reader import Run
+
+COLLAPSE_TRUNCATION = 0.5  # the benchmark's definition: first step whose truncation rate reaches this
+
+
+@dataclass
+class Replay:
+    warmup_steps: int
+    frame: pl.DataFrame                       # step, level, reason, cusum/<signal>..., z/<signal>...
+    transitions: list[DetectorState] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    first_warning: int | None = None          # first step at warning or alarm
+    episodes: list[int] = field(default_factory=list)  # steps where the detector left ok (warning or alarm)
+    first_alarm: int | None = None
+    collapse_step: int | None = None          # first step with truncation >= COLLAPSE_TRUNCATION
+    first_step: int | None = None
+
+    @property
+    def warning_before_collapse(self) -> int | None:
+        """Start of the last warning episode that began at or before the collapse step (earlier episodes
+        that ended were false alarms as far as this collapse is concerned)."""
+        if self.collapse_step is None:
+            return None
+        starts = [s for s in self.episodes if s <= self.collapse_step]
+        return starts[-1] if starts else None
+
+    @property
+    def lead_time(self) -> int | None:
+        """Steps from :attr:`warning_before_collapse` to the collapse (None if either is missing)."""
+        start = self.warning_before_collapse
+        return None if start is None else self.collapse_step - start
+
+    def summary(self) -> dict[str, object]:
+        return {"warmup_steps": self.warmup_steps, "first_step": self.first_step,
+                "first_warning": self.first_warning, "first_alarm": self.first_alarm,
+                "collapse_step": self.collapse_step, "warning_before_collapse": self.warning_before_collapse,
+                "lead_time": self.lead_time, "episodes": self.episodes,
+                "transitions": [{"step": t.step, "level": t.level, "previous": t.previous, "reason": t.reason,
+                                 "evidence": [e.as_dict() for e in t.evidence]} for t in self.transitions],
+                "decisions": [d.as_dict() for d in self.decisions]}
+
+
+def collapse_step(rows: Iterable[tuple[int, Mapping[str, float]]],
+                  threshold: float = COLLAPSE_TRUNCATION) -> int | None:
+    """First step whose truncation rate reaches ``threshold`` (the benchmark's collapse step), or None."""
+    for step, metrics in rows:
+        value = metrics.get("rollout/truncation_rate")
+        if value is not None and math.isfinite(value) and value >= threshold:
+            return int(step)
+    return None
+
+
+def replay_rows(rows: Iterable[tuple[int, Mapping[str, float]]], settings: DetectorSettings | None = None,
+                policy: PolicySettings | None = None) -> Replay:
+    """Replay (step, metrics) pairs in step order."""
+    settings = settings or DetectorSettings()
+    det = Detector(settings)
+    pol = InterventionPolicy(policy or PolicySettings())
+    rows = list(rows)
+    out = Replay(warmup_steps=settings.warmup_steps, frame=pl.DataFrame())
+    records = []
+    for step, metrics in rows:
+        state = det.update(step, metrics)
+        if out.first_step is None:
+            out.first_step = step
+        if state.changed:
+            out.transitions.append(state)
+            if state.previous in ("ok", "warmup"):
+                out.episodes.append(step)
+        if state.level in ("warning", "alarm") and out.first_warning is None:
+            out.first_warning = step
+        if state.level == "alarm" and out.first_alarm is None:
+            out.first_alarm = step
+        out.decisions.extend(pol.decide(state, step))
+        rec: dict[str, object] = {"step": step, "level": state.level, "reason": state.reason}
+        rec.update({f"cusum/{e.signal}": e.statistic for e in state.signals})
+        rec.update({f"z/{e.signal}": e.z for e in state.signals})
+        records.append(rec)
+    out.frame = pl.DataFrame(records, infer_schema_length=None) if records else pl.DataFrame()
+    out.collapse_step = collapse_step(rows)
+    return out
+
+
+def steps_to_rows(steps: pl.DataFrame) -> list[tuple[int, dict[str, float]]]:
+    """Train-step metrics frame (run.steps("train")) -> (step, metrics dict) pairs, nulls dropped."""
+    metric_cols = [c for c in steps.columns if c not in ("step", "phase", "rank", "time")]
+    rows = []
+    for rec in steps.sort("step").iter_rows(named=True):
+        rows.append((int(rec["step"]), {k: float(rec[k]) for k in metric_cols if rec[k] is not None}))
+    return rows
+
+
+def replay(run: Run, settings: DetectorSettings | None = None, policy: PolicySettings | None = None) -> Replay:
+    """Replay a recorded run's train steps through a fresh detector (and the policy, for what it would do)."""
+    steps = run.steps("train").collect()
+    if steps.height == 0:
+        raise OpdwatchError(f"{run.path}: the run has no train steps to replay")
+    return replay_rows(steps_to_rows(steps), settings, policy)

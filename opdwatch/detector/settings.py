@@ -1,0 +1,158 @@
+"""Settings of the early-warning detector, the intervention policy, the alert sinks and the trainer hook.
+
+All frozen dataclasses with defaults, one comment per field; docs/detector.md explains how they were chosen
+and how to tune them (``opdwatch detect RUN_DIR --set key=value`` replays a recorded run with other values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from opdwatch.detector.signals import DEFAULT_SIGNALS, SIGNALS
+from opdwatch.errors import OpdwatchError
+
+MODES = ("off", "warn", "act")
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    # Signals and baselines
+    # (Name lists are comma-separated strings so that YAML configs and `--set` overrides stay flat.)
+    signals: str = ",".join(DEFAULT_SIGNALS)  # watched signals (names in opdwatch.detector.signals.SIGNALS)
+    warmup_steps: int = 4  # train steps that form each signal's baseline; nothing statistical fires before
+    baseline_halflife: float = 30.0  # afterwards the baseline follows healthy steps (EWMA, steps); 0 = frozen
+    adapt_clip: float = 2.0  # when the baseline adapts, a step's deviation counts at most this many scales
+    floor_factor: float = 1.0  # multiplies every signal's minimum scale (larger = less sensitive)
+    z_clip: float = 4.0  # |z| is clipped here, so one wild step alone can never make a signal fire
+    # Sequential change detection (two-sided CUSUM on z per signal)
+    k: float = 1.0  # CUSUM allowance in baseline scales (half the smallest shift worth flagging: 2 scales)
+    h: float = 5.0  # CUSUM decision threshold: a signal "fires" when its statistic exceeds h
+    cap_factor: float = 2.5  # statistics are capped at cap_factor * h so they fall back in bounded time
+    # Combining signals into states
+    warn_min_signals: int = 2  # warning: at least this many signals fire, from ...
+    warn_min_families: int = 1  # ... at least this many families (rollouts / advantage / teacher) ...
+    warn_single_factor: float = 1.5  # ... or one of `strong_signals` exceeds warn_single_factor * h
+    strong_signals: str = "truncation,loop,repetition,rep_share"  # (signals that are a collapse's own)
+    alarm_min_signals: int = 3  # alarm: this many fire, one of them an outcome signal (truncation/loop/rep.)
+    alarm_truncation: float = 0.3  # alarm when the truncation rate reaches this ...
+    warn_truncation: float = 0.15  # ... warning when it reaches this (both also inside the warm-up) ...
+    guard_steps: int = 2  # ... for this many consecutive steps (one-step spikes that recover are common)
+    recover_steps: int = 5  # consecutive steps below a state's condition before stepping down from it
+
+    @property
+    def signal_names(self) -> tuple[str, ...]:
+        return _names(self.signals)
+
+    @property
+    def strong_signal_names(self) -> tuple[str, ...]:
+        return _names(self.strong_signals)
+
+    def validate(self) -> None:
+        unknown = [s for s in self.signal_names if s not in SIGNALS]
+        if unknown or not self.signal_names:
+            raise OpdwatchError(f"detector signals must be a non-empty subset of {sorted(SIGNALS)}, got {unknown}")
+        if self.warmup_steps < 2:
+            raise OpdwatchError(f"detector warmup_steps must be >= 2, got {self.warmup_steps}")
+        if self.baseline_halflife < 0 or self.floor_factor <= 0 or self.z_clip <= 0 or self.adapt_clip <= 0:
+            raise OpdwatchError("detector baseline_halflife must be >= 0, floor_factor, z_clip, adapt_clip > 0")
+        if any(s not in SIGNALS for s in self.strong_signal_names):
+            raise OpdwatchError(f"detector strong_signals must be signal names, got {self.strong_signals}")
+        if self.k < 0 or self.h <= 0 or self.cap_factor < 1:
+            raise OpdwatchError(f"detector needs k >= 0, h > 0, cap_factor >= 1 (got {self.k}, {self.h}, "
+                                f"{self.cap_factor})")
+        if self.warn_min_signals < 1 or self.alarm_min_signals < 1 or self.recover_steps < 1 \
+                or self.guard_steps < 1 or self.warn_min_families < 1:
+            raise OpdwatchError("detector warn_min_signals, alarm_min_signals, recover_steps, guard_steps must be >= 1")
+        if not 0 < self.warn_truncation <= self.alarm_truncation <= 1:
+            raise OpdwatchError("detector needs 0 < warn_truncation <= alarm_truncation <= 1")
+
+
+def _names(csv: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in csv.split(",") if name.strip())
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    # What to raise
+    raise_beta: bool = True  # raise beta (KL to the reference) on warning/alarm
+    raise_alpha: bool = True  # raise alpha (golden SFT weight) on warning/alarm
+    # How much (multiplicative; a knob at 0 first jumps to its floor)
+    beta_floor: float = 0.1  # beta set at the first raise when it was below this (Stable-OPD's value)
+    beta_factor: float = 2.0  # later raises multiply beta by this
+    beta_max: float = 1.0  # beta is never raised above this
+    alpha_floor: float = 0.5  # alpha set at the first raise when it was below this (Stable-OPD's value)
+    alpha_factor: float = 2.0  # later raises multiply alpha by this
+    alpha_max: float = 2.0  # alpha is never raised above this
+    alarm_raises: int = 2  # an alarm applies this many raise steps at once (a warning applies one)
+    # When
+    cooldown_steps: int = 5  # after a raise, no further raise for this many steps (the change needs time)
+    escalate_bypasses_cooldown: bool = True  # warning -> alarm may raise again inside the cooldown
+    restore_on_alarm: bool = False  # on alarm also ask the trainer to restore its last healthy checkpoint ...
+    restore_on_warning: bool = False  # ... already on the first warning of an episode (earlier, more drastic)
+    restore_margin_steps: int = 5  # ... one saved at least this many steps before the detector left "ok"
+    # Relaxing
+    relax_after_steps: int = 30  # consecutive ok steps after which the knobs step back towards their start
+    relax_factor: float = 0.5  # each relax multiplies the raised knobs by this (not below their start)
+
+    def validate(self) -> None:
+        if self.beta_floor < 0 or self.alpha_floor < 0 or self.beta_max < self.beta_floor \
+                or self.alpha_max < self.alpha_floor:
+            raise OpdwatchError("policy needs 0 <= beta_floor <= beta_max and 0 <= alpha_floor <= alpha_max")
+        if self.beta_factor < 1 or self.alpha_factor < 1 or not 0 < self.relax_factor < 1:
+            raise OpdwatchError("policy needs beta_factor, alpha_factor >= 1 and 0 < relax_factor < 1")
+        if self.cooldown_steps < 0 or self.relax_after_steps < 1 or self.alarm_raises < 1:
+            raise OpdwatchError("policy needs cooldown_steps >= 0, relax_after_steps >= 1, alarm_raises >= 1")
+
+
+@dataclass(frozen=True)
+class WandbSettings:
+    # Weights & Biases (optional extra `opdwatch[wandb]`; imported only when enabled)
+    enabled: bool = False  # log step metrics and detector scores, and send run.alert on warning/alarm
+    project: str = "opdwatch"  # project of a run this hook starts (an active wandb.run is reused instead)
+    entity: str = ""  # wandb entity; "" = the default one
+    mode: str = ""  # "online", "offline" or "disabled"; "" = WANDB_MODE or wandb's default
+    log_metrics: bool = True  # also log every step's metrics and detector statistics
+    alert_wait_seconds: float = 300.0  # wandb's wait_duration: same-title alerts closer than this are dropped
+    alert_min_steps: int = 10  # our own rate limit: at most one alert per level per this many steps
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    # Early-warning watch of a training run (trainer/watch.py)
+    mode: str = "off"  # "off": nothing; "warn": detect, record and alert only; "act": also intervene
+    detector: DetectorSettings = field(default_factory=DetectorSettings)  # the detector
+    policy: PolicySettings = field(default_factory=PolicySettings)  # interventions in "act" mode
+    wandb: WandbSettings = field(default_factory=WandbSettings)  # optional wandb logging and alerts
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise OpdwatchError(f"watch.mode must be one of {MODES}, got {self.mode!r}")
+        self.detector.validate()
+        self.policy.validate()
+
+
+def with_overrides(settings: Any, overrides: dict[str, Any]) -> Any:
+    """A copy of a settings dataclass with fields replaced by name, type-checked, one-line errors."""
+    known = {f.name: f for f in dataclasses.fields(settings)}
+    changes: dict[str, Any] = {}
+    for name, value in overrides.items():
+        if name not in known:
+            raise OpdwatchError(f"unknown setting {name!r} (known: {', '.join(sorted(known))})")
+        current = getattr(settings, name)
+        try:
+            if isinstance(current, bool):
+                if isinstance(value, str):
+                    if value.lower() not in ("true", "false", "1", "0"):
+                        raise ValueError
+                    value = value.lower() in ("true", "1")
+                changes[name] = bool(value)
+            else:
+                changes[name] = type(current)(value)
+        except (TypeError, ValueError):
+            raise OpdwatchError(f"setting {name}={value!r}: expected {type(current).__name__}") from None
+    out = dataclasses.replace(settings, **changes)
+    if hasattr(out, "validate"):
+        out.validate()
+    return out

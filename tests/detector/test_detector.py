@@ -1,0 +1,106 @@
+import math
+
+import numpy as np
+import pytest
+
+from opdwatch.detector.detector import Detector
+from opdwatch.detector.settings import DetectorSettings
+from opdwatch.detector.simulate import TraceSpec, simulate
+from opdwatch.errors import OpdwatchError
+
+
+def _healthy(rng: np.random.Generator) -> dict[str, float]:
+    return {"rollout/truncation_rate": rng.binomial(64, 0.01) / 64, "rollout/loop_rate": rng.binomial(64, 0.01) / 64,
+            "rollout/repetition_rate": rng.binomial(64, 0.01) / 64, "rollout/mean_length": 35 + rng.normal(0, 1.5),
+            "token/repetitive_share": 0.03 + rng.normal(0, 0.006), "token/adv_repetitive_mean": 0.8 + rng.normal(0, .2),
+            "token/adv_regular_mean": -0.2 + rng.normal(0, 0.05), "token/eos_advantage_mean": 0.4 + rng.normal(0, .2),
+            "token/teacher_logp_mean": -1.3 + rng.normal(0, 0.05)}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fires_within_the_bound_after_a_known_change(seed):
+    # A sustained 5-scale rise in two precursor signals from step 40: with k=1, h=5 and z clipped at 4 each
+    # step adds 3, so both fire on the 2nd changed step and the warning is due by step 41 (+1 for noise).
+    rng = np.random.default_rng(seed)
+    det = Detector(DetectorSettings())
+    first = None
+    for step in range(1, 80):
+        m = _healthy(rng)
+        if step >= 40:
+            m["token/repetitive_share"] += 0.06
+            m["token/eos_advantage_mean"] -= 1.5
+        state = det.update(step, m)
+        if step < 40:
+            assert state.level in ("warmup", "ok"), state.message
+        if first is None and state.level in ("warning", "alarm"):
+            first = state
+    assert first is not None and 40 <= first.step <= 42
+    assert first.level == "warning"
+    assert {e.signal for e in first.evidence} >= {"rep_share", "eos_adv"}
+    assert all(e.fired and e.statistic > 5.0 for e in first.evidence)
+    assert "rep_share" in first.message
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_stationary_noise_never_fires(seed):
+    rng = np.random.default_rng(100 + seed)
+    det = Detector(DetectorSettings())
+    levels = {det.update(step, _healthy(rng)).level for step in range(1, 501)}
+    assert levels <= {"warmup", "ok"}
+
+
+def test_warmup_length_and_no_statistics_before_it():
+    rng = np.random.default_rng(0)
+    s = DetectorSettings(warmup_steps=6)
+    det = Detector(s)
+    levels = [det.update(step, _healthy(rng)).level for step in range(1, 10)]
+    assert levels[:6] == ["warmup"] * 6 and levels[6] == "ok"
+
+
+def test_truncation_guard_works_inside_the_warmup_but_ignores_a_one_step_spike():
+    rng = np.random.default_rng(1)
+    det = Detector(DetectorSettings())
+    m = _healthy(rng)
+    assert det.update(1, {**m, "rollout/truncation_rate": 0.6}).level == "warmup"  # one step: a spike
+    assert det.update(2, {**m, "rollout/truncation_rate": 0.1}).level == "warmup"
+    det.update(3, {**m, "rollout/truncation_rate": 0.4})
+    state = det.update(4, {**m, "rollout/truncation_rate": 0.5})
+    assert state.level == "alarm" and "truncation rate" in state.reason
+
+
+def test_steps_back_down_only_after_recover_steps_quiet_steps():
+    rows = simulate(TraceSpec(steps=120, onset=40, width=1, size=0.9, seed=3))
+    det = Detector(DetectorSettings(recover_steps=5))
+    states = [det.update(step, m) for step, m in rows[:60]]
+    assert any(s.level == "alarm" for s in states)
+    rng = np.random.default_rng(2)
+    levels = [det.update(60 + i, _healthy(rng)).level for i in range(1, 80)]
+    assert levels[0] != "ok"  # not on the first quiet step
+    assert levels[-1] == "ok"  # but eventually healthy again (statistics are capped)
+
+
+def test_missing_and_nan_metrics_are_skipped_and_steps_must_increase():
+    det = Detector(DetectorSettings())
+    for step in range(1, 20):
+        state = det.update(step, {"rollout/truncation_rate": 0.0, "token/adv_repetitive_mean": math.nan})
+    assert state.level == "ok"
+    with pytest.raises(ValueError):
+        det.update(5, {})
+
+
+def test_bad_settings_raise_one_line_errors():
+    for bad in (DetectorSettings(signals="nope"), DetectorSettings(warmup_steps=1), DetectorSettings(h=0),
+                DetectorSettings(warn_truncation=0.5, alarm_truncation=0.3)):
+        with pytest.raises(OpdwatchError) as err:
+            Detector(bad)
+        assert "\n" not in str(err.value)
+
+
+def test_scores_expose_per_signal_statistics():
+    rng = np.random.default_rng(0)
+    det = Detector(DetectorSettings())
+    for step in range(1, 8):
+        state = det.update(step, _healthy(rng))
+    scores = state.scores()
+    assert scores["detector/level"] == 0.0
+    assert "detector/cusum/rep_share" in scores and "detector/z/eos_adv" in scores

@@ -1,0 +1,75 @@
+import pytest
+
+from opdwatch.detector.detector import DetectorState, Evidence
+from opdwatch.detector.policy import InterventionPolicy
+from opdwatch.detector.settings import PolicySettings
+from opdwatch.errors import OpdwatchError
+
+
+def _state(step: int, level: str, previous: str = "ok") -> DetectorState:
+    ev = (Evidence("rep_share", 0.08, 0.03, 0.01, 4.0, 9.0, "up", True),) if level != "ok" else ()
+    return DetectorState(step=step, level=level, previous=previous, evidence=ev, reason="test")
+
+
+def test_first_raise_lifts_zero_knobs_to_their_floors_then_multiplies_after_the_cooldown():
+    pol = InterventionPolicy(PolicySettings(cooldown_steps=5), beta=0.0, alpha=0.0)
+    [d] = pol.decide(_state(10, "warning"), 10)
+    assert (d.action, d.beta, d.alpha) == ("raise", 0.1, 0.5)
+    assert "rep_share" in d.reason
+    for step in range(11, 15):  # inside the cooldown: nothing, though still warning
+        assert pol.decide(_state(step, "warning", "warning"), step) == []
+    [d] = pol.decide(_state(15, "warning", "warning"), 15)
+    assert (d.beta, d.alpha) == (pytest.approx(0.2), pytest.approx(1.0))
+
+
+def test_raises_stop_at_the_caps():
+    pol = InterventionPolicy(PolicySettings(cooldown_steps=0, beta_max=0.3, alpha_max=0.8), beta=0.0, alpha=0.0)
+    decisions = [d for step in range(1, 20) for d in pol.decide(_state(step, "warning", "warning"), step)]
+    assert (pol.beta, pol.alpha) == (0.3, 0.8)
+    # beta 0 -> 0.1 (floor) -> 0.2 -> 0.3 (cap), alpha 0 -> 0.5 -> 0.8 (cap); then nothing is left to decide
+    assert [(d.beta, d.alpha) for d in decisions] == [(0.1, 0.5), (0.2, 0.8), (0.3, None)]
+
+
+def test_alarm_escalation_bypasses_the_cooldown_and_applies_several_raises():
+    pol = InterventionPolicy(PolicySettings(cooldown_steps=10, alarm_raises=2), beta=0.0, alpha=0.0)
+    pol.decide(_state(5, "warning"), 5)
+    [d] = pol.decide(_state(6, "alarm", "warning"), 6)
+    assert (d.beta, d.alpha) == (pytest.approx(0.4), pytest.approx(2.0))
+    assert pol.decide(_state(7, "alarm", "alarm"), 7) == []  # the bypass is for the escalation only
+    strict = InterventionPolicy(PolicySettings(cooldown_steps=10, escalate_bypasses_cooldown=False))
+    strict.decide(_state(5, "warning"), 5)
+    assert strict.decide(_state(6, "alarm", "warning"), 6) == []
+
+
+def test_only_the_chosen_knob_moves_and_restore_is_asked_for_on_alarm():
+    pol = InterventionPolicy(PolicySettings(raise_alpha=False, restore_on_alarm=True), beta=0.05, alpha=0.3)
+    decisions = pol.decide(_state(3, "alarm"), 3)
+    assert [d.action for d in decisions] == ["raise", "restore"]
+    assert decisions[0].alpha is None and decisions[0].beta == pytest.approx(0.2)
+
+
+def test_relaxes_after_a_healthy_stretch_back_to_the_start_values():
+    s = PolicySettings(cooldown_steps=0, relax_after_steps=10, relax_factor=0.5)
+    pol = InterventionPolicy(s, beta=0.0, alpha=0.0)
+    for step in (1, 2, 3):
+        pol.decide(_state(step, "warning", "warning"), step)  # 0.1 -> 0.2 -> 0.4
+    assert pol.beta == pytest.approx(0.4)
+    relaxes = [d for step in range(4, 60) for d in pol.decide(_state(step, "ok", "ok"), step)]
+    assert [d.step for d in relaxes] == [13, 23, 33]
+    assert [d.beta for d in relaxes] == [pytest.approx(0.2), pytest.approx(0.1), 0.0]
+    assert (pol.beta, pol.alpha) == (0.0, 0.0)
+
+
+def test_observe_syncs_with_knobs_changed_elsewhere_and_bad_settings_fail():
+    pol = InterventionPolicy(PolicySettings(), beta=0.0, alpha=0.0)
+    pol.observe(beta=0.3, alpha=0.0)
+    [d] = pol.decide(_state(1, "warning"), 1)
+    assert d.beta == pytest.approx(0.6)
+    with pytest.raises(OpdwatchError):
+        InterventionPolicy(PolicySettings(relax_factor=1.5))
+
+
+def test_restore_on_warning_asks_once_per_episode():
+    pol = InterventionPolicy(PolicySettings(restore_on_warning=True, cooldown_steps=0), beta=0.0, alpha=0.0)
+    assert [d.action for d in pol.decide(_state(4, "warning", "ok"), 4)] == ["raise", "restore"]
+    assert [d.action for d in pol.decide(_state(5, "warning", "warning"), 5)] == ["raise"]

@@ -1,10 +1,15 @@
-"""Rollout throughput: our KV-cache sampling loop (trainer.hf_engine.HFEngine) vs `model.generate`.
+"""Rollout throughput: HFEngine's fast decode path and its generic loop vs `model.generate`, side by side.
 
     python benchmarks/rollout_throughput.py [--threads 2] [--batch 64] [--new-tokens 128] [--repeats 3]
 
-Both sample at temperature 1 from the same demo-sized models (random weights unless --model-dir is given, with
-EOS suppressed so that every row generates exactly --new-tokens tokens and both do the same work) and report
-generated tokens per second and the ratio. Target: >= 2x.
+  fast     HFEngine(fast=True): trainer.fast_decode, a hand-written decode step with a preallocated KV cache
+  generic  HFEngine(fast=False): a sampling loop over the HF model's forward with its DynamicCache
+  generate `model.generate` (transformers' own sampling loop)
+
+All three sample at temperature 1 from the same demo-sized models (random weights unless --model-dir is given, with
+EOS suppressed so that every row generates exactly --new-tokens tokens and all do the same work) and report
+generated tokens per second (best of --repeats, the three interleaved so load from other processes hits them
+alike) and the ratios to `model.generate`. Target: fast >= 2x generate.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from trainer.engine import SamplingParams
-from trainer.hf_engine import HFEngine
+from trainer.fast_decode import unsupported_reason
+from trainer.hf_engine import HFEngine, left_pad
 from trainer.models import load_causal_lm, tiny_llama
 
 EOS, PAD, VOCAB = 1, 0, 29
@@ -45,13 +51,17 @@ def model_for(size: str, model_dir: str | None):
     ).eval()
 
 
-def bench(model, batch: int, new_tokens: int, repeats: int) -> tuple[float, float]:
+def bench(model, batch: int, new_tokens: int, repeats: int) -> dict[str, float]:
+    """Tokens/s of each contender (best of `repeats`)."""
     prompts = [[3 + (i + j) % 20 for j in range(6 + i % 8)] for i in range(batch)]
     # Our loop stops rows at EOS; suppress EOS by making it unreachable (a token id outside the vocabulary).
-    engine = HFEngine(model, eos_id=-1, pad_id=PAD, generator=torch.Generator().manual_seed(0))
+    engines = {
+        name: HFEngine(model, eos_id=-1, pad_id=PAD, generator=torch.Generator().manual_seed(0), fast=fast)
+        for name, fast in [("fast", True), ("generic", False)]
+    }
+    if (reason := unsupported_reason(model)) is not None:
+        print(f"  note: no fast path for this model ({reason}): 'fast' runs the generic loop")
     params = SamplingParams(temperature=1.0, max_new_tokens=new_tokens)
-    from trainer.hf_engine import left_pad
-
     ids_BP, mask_BP = left_pad(prompts, PAD)
     gen_config = GenerationConfig(
         do_sample=True,
@@ -63,13 +73,8 @@ def bench(model, batch: int, new_tokens: int, repeats: int) -> tuple[float, floa
         pad_token_id=PAD,
         eos_token_id=EOS,
     )
-    ours, theirs = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = engine.generate(prompts, params)
-        ours.append(time.perf_counter() - t0)
-        assert out.tokens_BT.shape == (batch, new_tokens)
-        t0 = time.perf_counter()
+
+    def run_generate() -> None:
         with torch.no_grad():
             seqs = model.generate(
                 input_ids=ids_BP,
@@ -77,10 +82,20 @@ def bench(model, batch: int, new_tokens: int, repeats: int) -> tuple[float, floa
                 generation_config=gen_config,
                 logits_processor=LogitsProcessorList([NoEOS()]),
             )
-        theirs.append(time.perf_counter() - t0)
         assert seqs.shape == (batch, ids_BP.shape[1] + new_tokens)
-    tokens = batch * new_tokens
-    return tokens / min(ours), tokens / min(theirs)
+
+    def run_engine(name: str) -> None:
+        out = engines[name].generate(prompts, params)
+        assert out.tokens_BT.shape == (batch, new_tokens)
+
+    runs = {"fast": lambda: run_engine("fast"), "generic": lambda: run_engine("generic"), "generate": run_generate}
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - t0)
+    return {name: batch * new_tokens / min(s) for name, s in seconds.items()}
 
 
 def main() -> None:
@@ -98,10 +113,12 @@ def main() -> None:
     for size in ["model"] if args.model_dir else ["student", "teacher"]:
         model = model_for(size, args.model_dir)
         n_params = sum(p.numel() for p in model.parameters())
-        ours, theirs = bench(model, args.batch, args.new_tokens, args.repeats)
+        tps = bench(model, args.batch, args.new_tokens, args.repeats)
         print(
-            f"{size:8s} {n_params / 1e6:.2f}M params: KV-cache loop {ours:8.0f} tok/s | "
-            f"model.generate {theirs:8.0f} tok/s | ratio {ours / theirs:.2f}x"
+            f"{size:8s} {n_params / 1e6:.2f}M params: fast {tps['fast']:8.0f} tok/s | generic loop "
+            f"{tps['generic']:8.0f} tok/s | model.generate {tps['generate']:8.0f} tok/s | fast/generate "
+            f"{tps['fast'] / tps['generate']:.2f}x | generic/generate {tps['generic'] / tps['generate']:.2f}x | "
+            f"fast/generic {tps['fast'] / tps['generic']:.2f}x"
         )
 
 

@@ -17,7 +17,8 @@ from trainer.hf_engine import HFEngine
 def build_hf(config: Any, parts: Any, generator: torch.Generator) -> HFEngine:
     tok = parts.tokenizer
     return HFEngine(parts.student, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, generator=generator,
-                    stop_ids=parts.mapping.student_stop_ids, counter_rng=config.rollout.counter_rng)
+                    stop_ids=parts.mapping.student_stop_ids, counter_rng=config.rollout.counter_rng,
+                    fast=config.engine.fast_decode)
 
 
 def build_vllm(config: Any, parts: Any, generator: torch.Generator) -> Any:

@@ -1,7 +1,9 @@
 """Rollouts from a transformers causal LM: a plain sampling loop over `model.forward` with its KV cache.
 
-We avoid `model.generate`: on tiny CPU models its per-step overhead (logits processors, stopping criteria,
-cache bookkeeping) dominates; a bare loop was ~2-3x faster (benchmarks/rollout_throughput.py).
+On tiny CPU models transformers' per-step overhead dominates: a loop over the HF forward is only ~1.1x
+`model.generate`, so Llama/Qwen2 models are decoded by trainer.fast_decode (the same math on the model's own
+parameters with a preallocated KV cache, ~2-2.5x `generate`); other models use the HF forward
+(benchmarks/rollout_throughput.py compares all three).
 """
 
 from __future__ import annotations

@@ -1,0 +1,129 @@
+"""trainer.fast_decode: same logits as the transformers forward, same rollouts as HFEngine's generic loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from trainer.engine import SamplingParams
+from trainer.fast_decode import FastDecoder, unsupported_reason
+from trainer.hf_engine import HFEngine, left_pad
+
+VOCAB, PAD, EOS = 37, 0, 1
+PROMPTS = [[3, 4, 5], [7, 8, 9, 10, 11, 12, 2], [5], [9, 9, 9, 9], [6, 7]]  # left padding of 0..6 columns
+
+
+def tiny(arch: str, **extra) -> torch.nn.Module:
+    """A random float32 model with GQA (6 query heads on 2 kv heads) and non-trivial biases and norms."""
+    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[arch]
+    config = config_cls(
+        vocab_size=VOCAB, hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+        intermediate_size=96, max_position_embeddings=64, pad_token_id=PAD, eos_token_id=EOS, **extra,
+    )
+    torch.manual_seed(0)
+    model = model_cls(config).eval()
+    with torch.no_grad():  # HF initialises biases to 0 and norm weights to 1: perturb so that they matter
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+ARCHS = [("llama", {}), ("qwen2", {}), ("llama", {"attention_bias": True, "mlp_bias": True, "rope_theta": 500.0})]
+
+
+@pytest.mark.parametrize(("arch", "extra"), ARCHS)
+def test_step_logits_match_the_hf_forward(arch: str, extra: dict) -> None:
+    model = tiny(arch, **extra)
+    assert unsupported_reason(model) is None
+    ids_BP, mask_BP = left_pad(PROMPTS, PAD)
+    fed_BT = torch.randint(2, VOCAB, (len(PROMPTS), 6), generator=torch.Generator().manual_seed(1))
+    decoder = FastDecoder(model)
+    fast = [decoder.start(ids_BP, mask_BP, max_new_tokens=fed_BT.shape[1] + 1)]
+    fast += [decoder.step(fed_BT[:, t]) for t in range(fed_BT.shape[1])]
+    # Reference: one full forward over prompt + fed tokens, positions counting real tokens only.
+    full_ids = torch.cat([ids_BP, fed_BT], dim=1)
+    full_mask = torch.cat([mask_BP, torch.ones_like(fed_BT)], dim=1)
+    with torch.no_grad():
+        ref = model(
+            input_ids=full_ids, attention_mask=full_mask, position_ids=(full_mask.cumsum(1) - 1).clamp(min=0)
+        ).logits
+    P = ids_BP.shape[1]
+    for t, logits_BV in enumerate(fast):
+        torch.testing.assert_close(logits_BV, ref[:, P - 1 + t], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("arch", "extra"), ARCHS[:2])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0.0, max_new_tokens=12),
+        SamplingParams(temperature=1.0, max_new_tokens=20),
+        SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=20),
+    ],
+)
+def test_rollouts_equal_the_generic_loop(arch: str, extra: dict, params: SamplingParams) -> None:
+    model = tiny(arch, **extra)
+    prompts = PROMPTS * 4
+    outs = [
+        HFEngine(model, eos_id=EOS, pad_id=PAD, generator=torch.Generator().manual_seed(7), fast=fast).generate(
+            prompts, params
+        )
+        for fast in (True, False)
+    ]
+    fast, generic = outs
+    assert torch.equal(fast.tokens_BT, generic.tokens_BT)
+    assert torch.equal(fast.lengths_B, generic.lengths_B)
+    assert fast.finish_reasons == generic.finish_reasons
+    torch.testing.assert_close(fast.logp_BT, generic.logp_BT, rtol=0, atol=1e-5)
+    if params.temperature > 0 and params.top_p == 1.0:  # EOS is reachable: both finish reasons occur
+        assert set(fast.finish_reasons) == {"eos", "length"}
+
+
+def test_counter_rng_rollouts_equal_the_generic_loop() -> None:
+    model = tiny("llama")
+    params = SamplingParams(temperature=1.0, max_new_tokens=16)
+    fast, generic = (
+        HFEngine(model, eos_id=EOS, pad_id=PAD, generator=torch.Generator().manual_seed(3), counter_rng=True,
+                 fast=fast).generate(PROMPTS, params)
+        for fast in (True, False)
+    )
+    assert torch.equal(fast.tokens_BT, generic.tokens_BT)
+    torch.testing.assert_close(fast.logp_BT, generic.logp_BT, rtol=0, atol=1e-5)
+
+
+def test_weight_updates_are_seen_by_the_next_batch() -> None:
+    model = tiny("llama")
+    engine = HFEngine(model, eos_id=EOS, pad_id=PAD, fast=True)
+    params = SamplingParams(temperature=0.0, max_new_tokens=10)
+    before = engine.generate(PROMPTS, params)
+    with torch.no_grad():  # an optimizer step updates parameters in place
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    after = engine.generate(PROMPTS, params)
+    generic = HFEngine(model, eos_id=EOS, pad_id=PAD, fast=False).generate(PROMPTS, params)
+    assert not torch.equal(before.tokens_BT, after.tokens_BT)
+    assert torch.equal(after.tokens_BT, generic.tokens_BT)
+
+
+def test_unsupported_models_use_the_generic_loop() -> None:
+    scaled = tiny("llama", rope_scaling={"rope_type": "linear", "factor": 2.0})
+    sliding = tiny("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=64)).eval()
+    params = SamplingParams(temperature=0.0, max_new_tokens=8)
+    for model in (scaled, sliding, gpt2):
+        assert unsupported_reason(model) is not None
+        with pytest.raises(ValueError, match="does not support"):
+            FastDecoder(model)
+        engine = HFEngine(model, eos_id=EOS, pad_id=PAD, fast=True)
+        out = engine.generate(PROMPTS, params)
+        assert engine.decoder is None
+        assert torch.equal(out.tokens_BT, HFEngine(model, eos_id=EOS, pad_id=PAD, fast=False).generate(
+            PROMPTS, params).tokens_BT)
+
+
+def test_train_mode_with_attention_dropout_is_refused() -> None:
+    model = tiny("llama", attention_dropout=0.1)
+    assert unsupported_reason(model) is None  # eval mode: dropout is off
+    assert "dropout" in str(unsupported_reason(model.train()))

@@ -1,0 +1,210 @@
+"""A hand-written decode step for Llama-family models (Llama, Qwen2): the fast path of `HFEngine`.
+
+On the tiny demo models a decode step is ~60 small tensor ops, so transformers' per-step machinery (mask
+building, cache objects, module dispatch) costs more than the arithmetic. This module runs the same math
+functionally on the HF model's own parameters with a preallocated KV cache:
+
+- weights: the decoder reads the model's Parameter objects at `start` (references, never copies), so an
+  optimizer step between two rollout batches is seen by the next one;
+- KV cache: one tensor (layers, 2, B, kv_heads, max_len, head_dim), written in place, one column per step;
+  prompts are left-padded, so every row writes the same column and reads the prefix [0, column];
+- positions: per row, counted over real tokens (pads do not count), exactly like `HFEngine`'s generic path;
+  pad keys are masked out; a pad query attends to itself only, so its (unused) K/V stay finite;
+- op order follows transformers' modeling_llama (RMSNorm in float32, rotate-half RoPE, SiLU-gated MLP), so
+  logits match the HF forward to float rounding (tests/trainer/test_fast_decode.py).
+
+Anything the math does not cover (other architectures, RoPE scaling, sliding windows, attention dropout in train
+mode, non-SiLU activations) is refused by `unsupported_reason`, and `HFEngine` then uses its generic loop.
+Shapes: B rows, P prompt columns, L cache columns, H query heads, K kv heads, G = H / K, D head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+
+
+def unsupported_reason(model: nn.Module) -> str | None:
+    """Why the fast path cannot run `model` exactly, or None when it can."""
+    name = type(model).__name__
+    if name not in SUPPORTED_ARCHITECTURES:
+        return f"architecture {name} (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+    config = model.config
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    if rope.get("rope_type", "default") != "default" or set(rope) - {"rope_type", "rope_theta"}:
+        return f"RoPE parameters {rope} (only plain rope_theta is supported)"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act}"
+    if getattr(config, "use_sliding_window", False) or any(
+        t != "full_attention" for t in (getattr(config, "layer_types", None) or [])
+    ):
+        return "sliding-window attention"
+    if model.training and getattr(config, "attention_dropout", 0.0) > 0:
+        return "attention dropout in train mode"
+    return None
+
+
+def rope_tables(config, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(length, D) cos and "signed" sin tables for positions 0..length-1, computed as transformers does.
+
+    The sin table has its first half negated so that rotate_half(x) * sin == x.roll(D/2) * signed_sin exactly
+    (negation is exact in IEEE floats): one roll instead of two slices, a negation and a cat per step.
+    """
+    dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    base = config.rope_parameters["rope_theta"]
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    freqs = torch.arange(length, dtype=torch.int64).float()[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    sin = emb.sin()
+    signed_sin = torch.cat((-sin[:, : dim // 2], sin[:, dim // 2 :]), dim=-1)
+    return emb.cos().to(dtype), signed_sin.to(dtype)
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' RMSNorm: normalise in float32, cast back, then scale."""
+    if x.dtype == torch.float32:
+        # One dispatch instead of ~7; the same ops in the same order as the formula below in float32.
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    dtype = x.dtype
+    x = x.to(torch.float32)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    return (x * cos) + (x.roll(x.shape[-1] // 2, dims=-1) * signed_sin)
+
+
+def _residual_linear(
+    x_BH: torch.Tensor, a_BI: torch.Tensor, w_HI: torch.Tensor, b_H: torch.Tensor | None
+) -> torch.Tensor:
+    """x + linear(a, w, b) for 2-D x; without a bias the residual add is folded into the GEMM (one op)."""
+    if b_H is None:
+        return torch.addmm(x_BH, a_BI, w_HI.t())
+    return x_BH + F.linear(a_BI, w_HI, b_H)
+
+
+class _Layer:
+    """References to one decoder layer's parameters (biases are None where the architecture has none)."""
+
+    def __init__(self, layer: nn.Module):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.wq, self.bq = attn.q_proj.weight, attn.q_proj.bias
+        self.wk, self.bk = attn.k_proj.weight, attn.k_proj.bias
+        self.wv, self.bv = attn.v_proj.weight, attn.v_proj.bias
+        self.wo, self.bo = attn.o_proj.weight, attn.o_proj.bias
+        self.wg, self.bg = mlp.gate_proj.weight, mlp.gate_proj.bias
+        self.wu, self.bu = mlp.up_proj.weight, mlp.up_proj.bias
+        self.wd, self.bd = mlp.down_proj.weight, mlp.down_proj.bias
+        self.norm1, self.eps1 = layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon
+        self.norm2, self.eps2 = layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        h = _rms(x, self.norm2, self.eps2)
+        return F.linear(F.silu(F.linear(h, self.wg, self.bg)) * F.linear(h, self.wu, self.bu), self.wd, self.bd)
+
+
+class FastDecoder:
+    """Prefill + one-token decode steps for a supported model; `start` then `step` repeatedly.
+
+    `start(ids_BP, mask_BP, max_new_tokens)` -> logits (B, V) at each row's last prompt token;
+    `step(token_B)` feeds one token per row and returns the next logits (B, V). At most max_new_tokens - 1
+    steps follow a start (the last sampled token is never fed back).
+    """
+
+    def __init__(self, model: nn.Module):
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"fast decode does not support this model: {reason}")
+        self.model = model
+        config = model.config
+        self.n_heads = config.num_attention_heads
+        self.n_kv = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.scale = self.head_dim**-0.5
+        self._cos_LD = self._sin_LD = torch.empty(0)
+
+    def _tables(self, length: int, dtype: torch.dtype, device: torch.device) -> None:
+        if self._cos_LD.shape[0] < length or self._cos_LD.dtype != dtype or self._cos_LD.device != device:
+            # Computed once (and again only if a longer rollout needs more positions).
+            length = max(length, self._cos_LD.shape[0], getattr(self.model.config, "max_position_embeddings", 0))
+            cos, sin = rope_tables(self.model.config, length, dtype)
+            self._cos_LD, self._sin_LD = cos.to(device), sin.to(device)
+
+    @torch.inference_mode()
+    def start(self, ids_BP: torch.Tensor, mask_BP: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        inner = self.model.model
+        # Fresh references every batch: sees optimizer updates and even re-assigned Parameters.
+        self.layers = [_Layer(layer) for layer in inner.layers[: self.model.config.num_hidden_layers]]
+        self.embed, self.final_norm = inner.embed_tokens.weight, inner.norm.weight
+        self.final_eps, self.lm_head = inner.norm.variance_epsilon, self.model.lm_head.weight
+        B, P = ids_BP.shape
+        dtype, device = self.embed.dtype, self.embed.device
+        L = P + max_new_tokens
+        self._tables(L, dtype, device)
+        ids_BP, mask_BP = ids_BP.to(device), mask_BP.to(device)
+        self.cache = torch.zeros(
+            (len(self.layers), 2, B, self.n_kv, L, self.head_dim), dtype=dtype, device=device
+        )
+        self.key_ok_BL = torch.ones((B, L), dtype=torch.bool, device=device)
+        self.key_ok_BL[:, :P] = mask_BP.bool()
+        # Additive key mask (0 or -inf) per (row, kv head) pair, the layout of the decode-step attention.
+        key_bias_BL = torch.zeros((B, L), dtype=dtype, device=device).masked_fill(~self.key_ok_BL, -torch.inf)
+        self.key_bias_NL = key_bias_BL.repeat_interleave(self.n_kv, dim=0)
+        pos_BP = (mask_BP.long().cumsum(dim=1) - 1).clamp(min=0)
+        self.next_pos_B = pos_BP[:, -1] + 1
+        self.column = P
+
+        # Prefill: causal attention over real keys; each query may also see itself (keeps pad rows finite).
+        causal_PP = torch.ones((P, P), dtype=torch.bool, device=device).tril()
+        allow_B1PP = (causal_PP & self.key_ok_BL[:, None, :P]) | torch.eye(P, dtype=torch.bool, device=device)
+        allow_B1PP = allow_B1PP[:, None]
+        cos_B1PD, sin_B1PD = self._cos_LD[pos_BP][:, None], self._sin_LD[pos_BP][:, None]
+        x = F.embedding(ids_BP, self.embed)
+        H, K, D = self.n_heads, self.n_kv, self.head_dim
+        for i, lay in enumerate(self.layers):
+            h = _rms(x, lay.norm1, lay.eps1)
+            q = _rope(F.linear(h, lay.wq, lay.bq).view(B, P, H, D).transpose(1, 2), cos_B1PD, sin_B1PD)
+            k = _rope(F.linear(h, lay.wk, lay.bk).view(B, P, K, D).transpose(1, 2), cos_B1PD, sin_B1PD)
+            v = F.linear(h, lay.wv, lay.bv).view(B, P, K, D).transpose(1, 2)
+            self.cache[i, 0, :, :, :P] = k
+            self.cache[i, 1, :, :, :P] = v
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=allow_B1PP, enable_gqa=H != K)
+            x = x + F.linear(o.transpose(1, 2).reshape(B, P, H * D), lay.wo, lay.bo)
+            x = x + lay.mlp(x)
+        return F.linear(_rms(x[:, -1], self.final_norm, self.final_eps), self.lm_head)
+
+    @torch.inference_mode()
+    def step(self, token_B: torch.Tensor) -> torch.Tensor:
+        c = self.column
+        if c >= self.cache.shape[4]:
+            raise RuntimeError("fast decode: more steps than max_new_tokens allows")
+        B = token_B.shape[0]
+        H, K, D = self.n_heads, self.n_kv, self.head_dim
+        G = H // K
+        pos_B = self.next_pos_B
+        cos_B11D, sin_B11D = self._cos_LD[pos_B][:, None, None], self._sin_LD[pos_B][:, None, None]
+        bias_N1C = self.key_bias_NL[:, None, : c + 1]
+        x = F.embedding(token_B.to(self.embed.device), self.embed)  # (B, hidden)
+        for i, lay in enumerate(self.layers):
+            h = _rms(x, lay.norm1, lay.eps1)
+            # Query heads kv*G .. kv*G+G-1 share kv head `kv` (transformers' repeat_kv order): grouping them
+            # as G query rows of one kv head is GQA without materialising repeated keys.
+            q = _rope(F.linear(h, lay.wq, lay.bq).view(B, K, G, D), cos_B11D, sin_B11D)
+            cache_k, cache_v = self.cache[i, 0], self.cache[i, 1]  # (B, K, L, D)
+            k = F.linear(h, lay.wk, lay.bk).view(B, K, 1, D)
+            torch.add(k * cos_B11D, k.roll(D // 2, dims=-1) * sin_B11D, out=cache_k[:, :, c : c + 1])  # = _rope
+            cache_v[:, :, c : c + 1] = F.linear(h, lay.wv, lay.bv).view(B, K, 1, D)
+            # N = B*K (batch, kv head) pairs, each a G x C attention; baddbmm fuses q.k^T, the scale and the mask.
+            keys_NCD = cache_k.view(B * K, -1, D)[:, : c + 1]
+            scores_NGC = torch.baddbmm(bias_N1C, q.view(B * K, G, D), keys_NCD.transpose(1, 2), alpha=self.scale)
+            o = torch.bmm(torch.softmax(scores_NGC, dim=-1), cache_v.view(B * K, -1, D)[:, : c + 1])
+            x = _residual_linear(x, o.view(B, H * D), lay.wo, lay.bo)
+            h = _rms(x, lay.norm2, lay.eps2)
+            x = _residual_linear(x, F.silu(F.linear(h, lay.wg, lay.bg)) * F.linear(h, lay.wu, lay.bu), lay.wd, lay.bd)
+        self.column = c + 1
+        self.next_pos_B = pos_B + 1
+        return F.linear(_rms(x, self.final_norm, self.final_eps), self.lm_head)

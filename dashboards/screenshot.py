@@ -54,10 +54,10 @@ def screenshots(runs_root: Path, out_dir: Path, *, run: str | None = None, width
         raise OpdwatchError(f"{run!r} is not a run under {root} (runs: {', '.join(names[:10])})")
     out_dir.mkdir(parents=True, exist_ok=True)
     pages = {
-        "runs": ("/", "#runs-list", 0),
+        "runs": ("/", "#runs-list a", 0),  # the list fills in after a callback
         "run": (run_href(run), "#run-fig-trunc .js-plotly-plot", 5),
         "compare": (href("/compare", runs=",".join(names[:8])), "#compare-fig-trunc .js-plotly-plot", 4),
-        "tokens": (tokens_href(run), "#tokens-list", 1),
+        "tokens": (tokens_href(run), "#tokens-figure .js-plotly-plot", 1),
     }
     server, url = _serve(create_app(root))
     driver = _driver(width)
@@ -66,7 +66,7 @@ def screenshots(runs_root: Path, out_dir: Path, *, run: str | None = None, width
         for name, (path, ready, graphs) in pages.items():
             driver.get(url + path)
             _wait(driver, ready, graphs)
-            height = min(MAX_HEIGHT, int(driver.execute_script("return document.body.scrollHeight")) + 40)
+            height = min(MAX_HEIGHT, max(600, int(driver.execute_script("return document.body.scrollHeight")) + 40))
             driver.set_window_size(width, height)
             time.sleep(1.0)  # plotly redraws at the new size
             target = out_dir / f"{name}.png"

@@ -44,6 +44,7 @@ from trainer.distributed import (
 )
 from trainer.engine import RolloutEngine, SamplingParams
 from trainer.engines import ENGINES
+from trainer.offsets import char_ends
 from trainer.scoring import build_sequences
 from trainer.sft import golden_sequence, pack_right, sft_train
 from trainer.step import mean_metrics, minibatch_update, score
@@ -243,6 +244,7 @@ def opd_step(
         }
     )
     texts = tok.batch_decode(responses_B, skip_special_tokens=True)
+    ends = char_ends(tok, responses_B, texts)
     summary = rec.record_step(
         step,
         phase="train",
@@ -255,6 +257,7 @@ def opd_step(
         loss_mask=None if scores.loss_mask_BT is None else scores.loss_mask_BT.bool(),
         finish_reasons=rollouts.finish_reasons,
         texts=texts,
+        char_ends=ends,
         source="onpolicy",
         prompt_ids=[f"opd-{chosen[i // S]}" for i in range(len(prompts_B))],
         sample_index=[i % S for i in range(len(prompts_B))],

@@ -34,7 +34,7 @@ def fig_token_view(tokens: pl.DataFrame, *, title: str = "", width: int = 80) ->
     for raw, is_eos in zip(get["text"], get["eos"], strict=True):
         piece = "" if raw is None else str(raw)
         label = piece.replace("\n", "\u21b5").replace("\t", "\u2192") or ("EOS" if is_eos else "")
-        w = max(1, len(label))
+        w = max(2, len(label))  # a one-character token still gets a readable box
         if col > 0 and col + w > width:
             col, line = 0, line + 1
         x0.append(col)
@@ -75,7 +75,7 @@ def fig_token_view(tokens: pl.DataFrame, *, title: str = "", width: int = 80) ->
     rep_share = sum(rep) / n if n else 0.0
     head = escape(title) if title else "Rollout tokens"
     return finish(fig, title=f"{head} ({n} tokens, {rep_share:.0%} repetitive; outline: black = repetitive, "
-                  "green = EOS)", height=min(4000, 120 + 22 * lines))
+                  "green = EOS)", height=min(4000, 170 + 26 * lines))  # 150 px of margins and title
 
 
 def _fmt(value: object) -> str:

@@ -15,21 +15,5 @@ def train_main(config_path: str, overrides: list[str], resume: bool) -> Path:
     return train(config, resume=resume)
 
 
-def demo_main(
-    *,
-    output_dir: str | None = None,
-    seed: int = 0,
-    threads: int = 2,
-    steps: int | None = None,
-    cache_dir: str | None = None,
-    overrides: list[str] | None = None,
-) -> tuple[Path, Path]:
-    """`opdwatch demo [--output-dir D] [--seed N] [--threads N] [--steps N] [--cache-dir D] [key=value]`."""
-    return run_demo(
-        output_dir=output_dir,
-        seed=seed,
-        threads=threads,
-        steps=steps,
-        cache_dir=cache_dir,
-        overrides=overrides,
-    )
+# `opdwatch demo [--output-dir D] [--seed N] [--threads N] [--steps N] [--cache-dir D] [key=value]`
+demo_main = run_demo

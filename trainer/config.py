@@ -16,7 +16,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from opdwatch.detector.settings import WatchConfig  # issue 6: early-warning watch (torch-free)
+from opdwatch.detector.settings import WatchConfig  # torch-free, shared with opdwatch detect
 from opdwatch.errors import OpdwatchError
 
 
@@ -186,7 +186,7 @@ class TrainConfig:
     val: ValConfig = field(default_factory=ValConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
-    # issue 6: early-warning detector + interventions (docs/detector.md); mode off | warn | act
+    # early-warning detector + interventions (docs/detector.md); mode off | warn | act
     watch: WatchConfig = field(default_factory=WatchConfig)
 
     @property
@@ -320,7 +320,7 @@ def _check(ok: bool, message: str) -> None:
 
 def validate(c: TrainConfig) -> None:
     """Reject values that would fail (or silently do nothing) later, before any model is loaded."""
-    c.watch.validate()  # issue 6: one-line OpdwatchError on a bad watch.* value
+    c.watch.validate()  # one-line OpdwatchError on a bad watch.* value
     _check(bool(c.run.name) and "/" not in c.run.name, f"run.name={c.run.name!r}: must be a non-empty name")
     _check(c.run.threads >= 1, f"run.threads={c.run.threads}: must be >= 1")
     _check(

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from opdwatch import aggregates
-from opdwatch.detector.settings import WatchConfig  # issue 6
+from opdwatch.detector.settings import WatchConfig
 from opdwatch.errors import OpdwatchError
 from opdwatch.recorder import Recorder, RecorderSettings
 from trainer.checkpoint import load_latest, save_checkpoint
@@ -50,7 +50,7 @@ from trainer.sft import golden_sequence, pack_right, sft_train
 from trainer.step import mean_metrics, minibatch_update, score
 from trainer.validation import validate
 from trainer.variants import ESTIMATORS
-from trainer.watch import TrainerWatch, restore_healthy  # issue 6: early-warning watch
+from trainer.watch import TrainerWatch, restore_healthy
 
 StepHook = Callable[[int, dict[str, float], Controller], None]  # e.g. a detector that calls controller.set()
 
@@ -100,7 +100,8 @@ def train(
         world_size=env.world_size,
         resume_from_step=None if ckpt is None else ckpt["step"],
     )
-    # issue 6 (trainer/watch.py): detector + alerts + beta/alpha interventions per config.watch.mode, on rank 0
+    # The early-warning watch (trainer/watch.py): detector, alerts and beta/alpha interventions per
+    # config.watch.mode; rank 0 only, since it sees the global step metrics.
     # only (sync_controller hands its beta/alpha to the other ranks); rollbacks only in single-process runs.
     watch = TrainerWatch(config.watch if env.is_main else WatchConfig(mode="off"), rec, run_name=config.run.name,
                          run_config=config_to_dict(config), wandb_dir=run_dir, beta=controller.beta,
@@ -123,7 +124,7 @@ def train(
                 summary.update(run_validation(config, parts, engine, rec, step=step))
                 val_accuracy = summary["val/accuracy"]
             summary = broadcast_object(summary, env)  # every rank's hook sees rank 0's global summary
-            watch(step, summary, controller)  # issue 6: detect/alert/act; may change beta/alpha
+            watch(step, summary, controller)  # may change beta/alpha for the next step
             if on_step is not None:
                 on_step(step, summary, controller)  # a detector may change beta/alpha here ...
             sync_controller(controller, env)  # rank 0's beta/alpha win: replicas never train differently
@@ -137,11 +138,11 @@ def train(
                             rep=f"{summary['rollout/repetition_rate']:.2f}",
                             len=f"{summary['rollout/mean_length']:.0f}", val_acc=f"{val_accuracy:.2f}", refresh=False)
     except BaseException as exc:
-        watch.close()  # issue 6
+        watch.close()
         rec.event("error", step=controller.step, message=f"{type(exc).__name__}: {exc}"[:500])
         rec.close("failed")
         raise
-    watch.close()  # issue 6: finishes a wandb run the watch started
+    watch.close()  # finishes a wandb run the watch started
     rec.close("finished")
     shutdown(env)
     return run_dir

@@ -1,4 +1,4 @@
-"""The trainer's early-warning hook (issue 6): once per OPD step, after the step is recorded, feed its metrics
+"""The trainer's early-warning hook: once per OPD step, after the step is recorded, feed its metrics
 to the detector, write warnings/alarms/alerts into the run, and in ``watch.mode: act`` apply the policy's
 decisions through the beta/alpha controller (and optionally restore a healthy checkpoint).
 

@@ -48,6 +48,7 @@ from opdwatch.detector.cusum import PageHinkley, page_hinkley_update
 from opdwatch.detector.detector import Detector
 from opdwatch.detector.replay import collapse_step, steps_to_rows
 from opdwatch.detector.settings import DetectorSettings
+from opdwatch.detector.signals import SIGNALS, signal_values
 from opdwatch.detector.simulate import random_collapse, random_stable, simulate
 from opdwatch.detector.synthetic_run import write_synthetic_run
 from opdwatch.reader import open_run
@@ -204,6 +205,37 @@ def score(items: list[Item], fires_of: Callable[[Rows], list[int]], warmup: int)
     return s
 
 
+def oracle_leads(items: list[Item], warmup: int) -> list[tuple[Item, int | None, str]]:
+    """An upper bound no detector on these signals can beat without false alarms: for every signal, a threshold
+    fitted *in hindsight* just beyond the range it took on the stable runs of `items` (after the warm-up); a
+    collapsing run's oracle lead is its collapse step minus the first step any signal crossed its threshold.
+    Returns (run, lead or None, signal) for every collapsing run after the warm-up."""
+    names = list(SIGNALS)
+    values = {it.name: [(step, signal_values(m, names)) for step, m in it.rows] for it in items}
+    hi, lo = {}, {}
+    for n in names:
+        xs = [v[n] for it in items if it.designed == "stable" and it.collapse is None
+              for step, v in values[it.name] if step > warmup and math.isfinite(v[n])]
+        hi[n], lo[n] = (max(xs), min(xs)) if xs else (math.inf, -math.inf)
+    out = []
+    for it in items:
+        if it.collapse is None or it.collapse <= it.rows[0][0] + warmup - 1:
+            continue
+        first: tuple[int, str] | None = None
+        for step, v in values[it.name]:
+            if step <= warmup or step > it.collapse:
+                continue
+            d = SIGNALS
+            crossed = [n for n in names if math.isfinite(v[n]) and (
+                (d[n].direction in ("up", "both") and v[n] > hi[n]) or (d[n].direction in ("down", "both")
+                                                                          and v[n] < lo[n]))]
+            if crossed:
+                first = (step, crossed[0])
+                break
+        out.append((it, None if first is None else it.collapse - first[0], "" if first is None else first[1]))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- corpus
 def simulated(n_fast: int, n_slow: int, n_stress: int, n_stable: int, seed: int = 0) -> list[Item]:
     rng = np.random.default_rng(seed)
@@ -252,6 +284,8 @@ def real_runs(root: Path) -> list[Item]:
 REAL_RUNS = [
     *[("opd-fast", "demo_opd", [f"run.seed={s}", "opd.steps=50"]) for s in (0, 1, 2)],
     *[("opd-fast", "demo_opd", [f"run.seed={s}", "opd.steps=50", "opd.lr=2e-3"]) for s in (3,)],
+    *[("opd-mid", "demo_opd", [f"run.seed={s}", "opd.steps=80", f"opd.lr={lr}"])
+      for lr in ("1.2e-3", "1.5e-3") for s in (0, 1)],
     *[("stable-opd", "demo_stable_opd", [f"run.seed={s}", "opd.steps=80"]) for s in (0, 1, 2)],
     *[("opd-slow", "slow_onset_opd", [f"run.seed={s}", "opd.steps=320"]) for s in (0, 1)],
     *[("stable-slow", "slow_onset_opd", [f"run.seed={s}", "opd.steps=250", "opd.beta=0.1", "opd.alpha=0.5"])
@@ -353,6 +387,14 @@ def main(argv: list[str] | None = None) -> int:
         for it in real:
             w, a = ours("warning", settings)(it.rows), ours("alarm", settings)(it.rows)
             print(f"  {it.name:70s} collapse {_f(it.collapse):>5s}  warning {w[:3]}  alarm {a[:3]}")
+        bound = oracle_leads(real, warmup)
+        print(f"\nreal runs, hindsight bound: thresholds fitted on the stable real runs' own range, any one signal "
+              f"(a single-signal threshold that never fires on them cannot warn earlier); "
+              f"{sum(lead is not None and lead >= LEAD_TARGET for _, lead, _ in bound)}/{len(bound)} "
+              f"could be warned >= {LEAD_TARGET} steps ahead:")
+        for it, lead, signal in bound:
+            print(f"  {it.name:70s} collapse {_f(it.collapse):>5s}  oracle lead {_f(lead):>3s} ({signal or '-'})")
+        results["oracle_real"] = {it.name: lead for it, lead, _ in bound}
     else:
         print("\nno real runs cached in benchmarks/.corpus/real (run with --generate-real once trainer/ works)")
     if args.json:

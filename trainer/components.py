@@ -17,6 +17,7 @@ from trainer.config import TrainConfig
 from trainer.data import Splits, make_splits
 from trainer.demo_teacher import ensure_demo_model
 from trainer.eos_canon import TokenMapping, resolve_mapping
+from trainer.fsdp import RolloutCopy
 from trainer.models import load_causal_lm, load_tokenizer
 from trainer.special_tokens import special_token_ids
 
@@ -30,6 +31,15 @@ class Components:
     reference: PreTrainedModel  # frozen: the initial student unless models.reference names a path
     mapping: TokenMapping | None = None  # student -> teacher ids and the stop ids (trainer.eos_canon)
     special_ids: tuple[int, ...] = ()  # the student tokenizer's special tokens (masked from the loss if asked)
+    # set by trainer.fsdp when the student is sharded: the unsharded copy the hf engine samples from
+    rollout_copy: RolloutCopy | None = None
+    # False once the student in memory differs from its files (SFT warm-up): a vLLM engine must sync first
+    student_matches_files: bool = True
+
+    @property
+    def rollout_student(self) -> PreTrainedModel:
+        """The model rollouts are sampled from: the student, or its unsharded copy under FSDP."""
+        return self.student if self.rollout_copy is None else self.rollout_copy.model
 
 
 def model_path(config: TrainConfig, role: str) -> str:

@@ -129,6 +129,14 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    # Multi-process training under torchrun (trainer.distributed; one process ignores this section)
+    # shard the student with FSDP2 (trainer.fsdp) instead of one full replica per rank; for students that do
+    # not fit one device. Rollouts then come from an unsharded copy (hf engine) or vLLM's own weights
+    fsdp: bool = False
+
+
+@dataclass(frozen=True)
 class OPDConfig:
     # OPD optimisation
     steps: int = 50  # OPD steps
@@ -183,6 +191,7 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     tokens: TokensConfig = field(default_factory=TokensConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     val: ValConfig = field(default_factory=ValConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     recorder: RecorderConfig = field(default_factory=RecorderConfig)

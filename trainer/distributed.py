@@ -2,7 +2,7 @@
 
     torchrun --nproc_per_node 2 -m trainer.cli_entry <config.yaml>
 
-Every rank holds a full copy of the student (or an FSDP shard on GPU), samples the same global prompt list from
+Every rank holds a full copy of the student (or its FSDP shard, trainer.fsdp), samples the same global prompt list from
 the same RNG, and works on its contiguous shard of it (`shard`). Exact equivalence with one process on the same
 global batch needs two things the usual "average the gradients" recipe does not give:
 
@@ -74,6 +74,9 @@ def init_from_env(backend: str | None = None) -> DistEnv:
 
 def shutdown(env: DistEnv) -> None:
     if env.active and dist.is_initialized():
+        # all ranks arrive first: tearing gloo down while a peer still has work in flight (FSDP's last
+        # collectives) aborted the process at exit in about 1 run in 5
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -197,23 +200,6 @@ def check_same_parameters(model: torch.nn.Module, env: DistEnv, atol: float = 0.
     drift = float((sums - ref).abs().max())
     if any_rank(drift > atol, env):
         raise OpdwatchError(f"rank {env.rank}: student replicas differ from rank 0 (max checksum drift {drift:g})")
-
-
-def wrap_fsdp(model: torch.nn.Module, env: DistEnv, *, layer_types: tuple[type, ...] = ()) -> torch.nn.Module:
-    """Shard a model that does not fit one GPU with FSDP2 (`fully_shard`), one unit per transformer layer.
-
-    FSDP averages gradients over ranks itself: multiply the local loss by world_size * global_mean_scale instead
-    of calling `all_reduce_gradients`. Only meaningful with NCCL on GPUs; not run on the CPU test machine.
-    """
-    if env.backend != "nccl":
-        raise OpdwatchError("FSDP wrapping is for NCCL/GPU runs; on CPU use plain data parallel")
-    from torch.distributed.fsdp import fully_shard
-
-    for module in model.modules():
-        if layer_types and isinstance(module, layer_types):
-            fully_shard(module)
-    fully_shard(model)
-    return model
 
 
 def full_state_items(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

@@ -16,7 +16,7 @@ from trainer.hf_engine import HFEngine
 
 def build_hf(config: Any, parts: Any, generator: torch.Generator) -> HFEngine:
     tok = parts.tokenizer
-    return HFEngine(parts.student, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, generator=generator,
+    return HFEngine(parts.rollout_student, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, generator=generator,
                     stop_ids=parts.mapping.student_stop_ids, counter_rng=config.rollout.counter_rng,
                     fast=config.engine.fast_decode)
 
@@ -27,6 +27,7 @@ def build_vllm(config: Any, parts: Any, generator: torch.Generator) -> Any:
 
     return VLLMEngine.launch(model_path(config, "student"), stop_ids=parts.mapping.student_stop_ids,
                              pad_id=parts.tokenizer.pad_token_id, student=parts.student, seed=config.run.seed,
+                             synced=parts.student_matches_files,
                              dtype=config.engine.dtype, gpu_memory_utilization=config.engine.gpu_memory_utilization)
 
 

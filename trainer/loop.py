@@ -44,6 +44,14 @@ from trainer.distributed import (
 )
 from trainer.engine import RolloutEngine, SamplingParams
 from trainer.engines import ENGINES
+from trainer.fsdp import (
+    RolloutCopy,
+    full_model_state,
+    full_optimizer_state,
+    is_sharded,
+    load_full_state,
+    shard_student,
+)
 from trainer.offsets import char_ends
 from trainer.scoring import build_sequences
 from trainer.sft import golden_sequence, pack_right, sft_train
@@ -79,15 +87,18 @@ def train(
 
     with main_first(env):  # rank 0 builds and caches demo models before the other ranks load them
         parts = build_components(config)
+    if ckpt is None:
+        sft_warmup(config, parts)  # on the full student: every rank runs the same warm-up
+    if config.distributed.fsdp:  # shard after the warm-up; rollouts then sample from an unsharded copy
+        parts.rollout_copy = RolloutCopy(parts.student) if config.engine.kind == "hf" else None
+        shard_student(parts.student, env)
     student, tok = parts.student, parts.tokenizer
-    optimizer = torch.optim.Adam(student.parameters(), lr=config.opd.lr)
+    optimizer = torch.optim.Adam(student.parameters(), lr=config.opd.lr)  # after sharding: it holds the shards
     controller = controller or Controller(beta=config.opd.beta, alpha=config.opd.alpha)
     sampler_rng = torch.Generator().manual_seed(config.run.seed)  # rollout sampling
     prompt_rng = random.Random(config.run.seed)  # prompt order
     engine = ENGINES[config.engine.kind](config, parts, sampler_rng)
-    if ckpt is None:
-        sft_warmup(config, parts)
-    else:
+    if ckpt is not None:
         restore(ckpt, parts, optimizer, controller, sampler_rng, prompt_rng)
     start = 1 if ckpt is None else ckpt["step"] + 1
 
@@ -108,6 +119,8 @@ def train(
                          alpha=controller.alpha, restore=None if env.world_size > 1 else
                          lambda max_step: restore_healthy(run_dir, max_step, student, optimizer))
     try:
+        if ckpt is not None:  # continue watching where the checkpoint left off (none saved there: start afresh)
+            watch.resume(ckpt.get("watch"), ckpt["step"])
         if ckpt is None and env.is_main:
             rec.event("info", step=0, message=f"start: beta={controller.beta:g}, alpha={controller.alpha:g}",
                       beta=controller.beta, alpha=controller.alpha)
@@ -130,10 +143,13 @@ def train(
             sync_controller(controller, env)  # rank 0's beta/alpha win: replicas never train differently
             record_interventions(rec, controller, env)  # ... recorded at this step, applied from the next one
             every = config.checkpoint.every
-            if env.is_main and (step == config.opd.steps or (every and step % every == 0)):
-                state = checkpoint_state(step, parts, optimizer, controller, sampler_rng, prompt_rng, config)
-                path = save_checkpoint(run_dir, step, state, config.checkpoint.keep)
-                rec.event("checkpoint", step=step, message=f"saved {path.name}", path=str(path))
+            if step == config.opd.steps or (every and step % every == 0):
+                # every rank: under FSDP gathering the full state is a collective; rank 0 writes it
+                state = checkpoint_state(step, parts, optimizer, controller, sampler_rng, prompt_rng, config,
+                                         watch=watch)
+                if env.is_main:
+                    path = save_checkpoint(run_dir, step, state, config.checkpoint.keep)
+                    rec.event("checkpoint", step=step, message=f"saved {path.name}", path=str(path))
             bar.set_postfix(trunc=f"{summary['rollout/truncation_rate']:.2f}",
                             rep=f"{summary['rollout/repetition_rate']:.2f}",
                             len=f"{summary['rollout/mean_length']:.0f}", val_acc=f"{val_accuracy:.2f}", refresh=False)
@@ -226,6 +242,8 @@ def opd_step(
                 reference=parts.reference,
             )
         )
+    if parts.rollout_copy is not None:  # FSDP: the next rollouts (and validation) see the updated weights
+        parts.rollout_copy.refresh(parts.student)
     metrics = mean_metrics(losses)
     skipped = metrics["update/skipped_nonfinite"]
     if skipped and env.is_main:
@@ -310,6 +328,7 @@ def sft_warmup(config: TrainConfig, parts: Components) -> None:
     """Optional golden SFT of the student before OPD; the reference then becomes the warmed-up student."""
     if config.warmup.steps == 0:
         return
+    parts.student_matches_files = False
     tok, rng = parts.tokenizer, random.Random(config.run.seed)
 
     def make_batch(step: int) -> tuple[torch.Tensor, ...]:
@@ -329,11 +348,15 @@ def checkpoint_state(
     sampler_rng: torch.Generator,
     prompt_rng: random.Random,
     config: TrainConfig,
+    watch: TrainerWatch | None = None,
 ) -> dict:
+    sharded = is_sharded(parts.student)
     state = {
         "step": step,
-        "student": parts.student.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        # FSDP: full tensors gathered from the shards (same layout as one process), optimizer state by name
+        "student": full_model_state(parts.student) if sharded else parts.student.state_dict(),
+        "optimizer": full_optimizer_state(parts.student, optimizer) if sharded else optimizer.state_dict(),
+        "optimizer_keys": "names" if sharded else "ids",
         "controller": controller.state_dict(),
         "rng": {
             "torch": torch.get_rng_state(),
@@ -343,6 +366,8 @@ def checkpoint_state(
     }
     if config.warmup.steps and config.models.reference == "student":
         state["reference"] = parts.reference.state_dict()  # the warmed-up student is not on disk elsewhere
+    if watch is not None:  # detector baselines/statistics and policy cooldowns (None when the watch is off)
+        state["watch"] = watch.state_dict()
     return state
 
 
@@ -354,10 +379,17 @@ def restore(
     sampler_rng: torch.Generator,
     prompt_rng: random.Random,
 ) -> None:
-    parts.student.load_state_dict(ckpt["student"])
+    if is_sharded(parts.student) and ckpt.get("optimizer_keys") != "names":
+        raise OpdwatchError("this checkpoint was written without FSDP: resume it with distributed.fsdp=false")
+    if ckpt.get("optimizer_keys") == "names":
+        load_full_state(parts.student, optimizer, ckpt["student"], ckpt["optimizer"])
+    else:
+        parts.student.load_state_dict(ckpt["student"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if parts.rollout_copy is not None:
+        parts.rollout_copy.refresh(parts.student)
     if "reference" in ckpt:
         parts.reference.load_state_dict(ckpt["reference"])
-    optimizer.load_state_dict(ckpt["optimizer"])
     controller.load_state_dict(ckpt["controller"])
     torch.set_rng_state(ckpt["rng"]["torch"])
     sampler_rng.set_state(ckpt["rng"]["sampler"])

@@ -15,6 +15,7 @@ from transformers import PreTrainedModel
 
 from trainer.distributed import SINGLE, DistEnv, all_reduce_gradients, all_sum, any_rank
 from trainer.eos_canon import TokenMapping
+from trainer.fsdp import is_sharded
 from trainer.objective import full_vocab_kl, reverse_kl_advantage, sft_nll, total_loss
 from trainer.objective_topk import TeacherTopK
 from trainer.scoring import SequenceBatch, response_logits, token_logp
@@ -119,6 +120,7 @@ def minibatch_update(
     shares are global and gradients are summed over ranks (trainer.distributed).
     """
     loss_mask_BT = seq.mask_BT if scores.loss_mask_BT is None else scores.loss_mask_BT
+    sharded = is_sharded(student)
     n_tokens = all_sum(float(loss_mask_BT[rows].sum()), env)  # the minibatch's loss tokens on all ranks
     use_sft = golden is not None and alpha > 0  # the golden forward costs a pass; skip it when its weight is 0
     n_golden = all_sum(float(golden.mask_BT.sum()), env) if use_sft else 0.0
@@ -154,7 +156,8 @@ def minibatch_update(
         finite = finite and all_finite(loss.detach())
         for key, value in (("total", loss), *terms.items()):
             totals[key] += float(value.detach())
-        if finite and loss.requires_grad:
+        # FSDP reduce-scatters inside backward, so every rank must run it; a non-finite gradient is dropped below
+        if loss.requires_grad and (finite or sharded):
             loss.backward()  # accumulates: the sum over micro-batches (and ranks) is the minibatch token-mean
     totals = {key: all_sum(value, env) for key, value in totals.items()}
     metrics = {
@@ -168,8 +171,10 @@ def minibatch_update(
         optimizer.zero_grad(set_to_none=True)
         metrics.update({"update/skipped_nonfinite": 1.0, "optim/grad_norm": math.nan})
         return metrics
-    all_reduce_gradients(student, env)
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip))
+    if not sharded:  # FSDP has already summed them (trainer.fsdp)
+        all_reduce_gradients(student, env)
+    norm = torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
+    grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
     metrics["optim/grad_norm"] = grad_norm
     if not math.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)

@@ -122,7 +122,8 @@ class VLLMEngine:
 
     def __init__(self, llm: Any, *, stop_ids: Sequence[int], pad_id: int, student: torch.nn.Module | None = None,
                  weights: WeightSource | None = None, seed: int | None = None,
-                 sampling_params_cls: type | None = None, check_logprobs_mode: bool = True) -> None:
+                 sampling_params_cls: type | None = None, check_logprobs_mode: bool = True,
+                 synced: bool = True) -> None:
         if not stop_ids:
             raise OpdwatchError("the vLLM engine needs at least one stop id")
         mode = getattr(getattr(llm, "model_config", None), "logprobs_mode", None)
@@ -137,7 +138,9 @@ class VLLMEngine:
         self.seed = seed
         self.calls = 0
         self.syncs = 0
-        self._synced_version: int | None = None if student is None else parameter_version(student)
+        # synced: vLLM loaded the same files as the student; False (e.g. after an SFT warm-up in memory) makes the
+        # first generate push the weights
+        self._synced_version: int | None = parameter_version(student) if student is not None and synced else None
         self._params_cls = sampling_params_cls
         # (global row numbers, global row count) of the next call: seeds follow the global rollout number, so a
         # rollout gets the same seed whichever rank samples it (set by the data-parallel loop)
@@ -145,7 +148,7 @@ class VLLMEngine:
 
     @classmethod
     def launch(cls, model_path: str, *, stop_ids: Sequence[int], pad_id: int, student: torch.nn.Module | None = None,
-               seed: int = 0, dtype: str = "bfloat16", gpu_memory_utilization: float = 0.4,
+               seed: int = 0, dtype: str = "bfloat16", gpu_memory_utilization: float = 0.4, synced: bool = True,
                **llm_kwargs: Any) -> VLLMEngine:
         """Start a colocated `vllm.LLM` for `model_path` (GPU only). Extra kwargs go to `vllm.LLM`/EngineArgs."""
         try:
@@ -157,7 +160,7 @@ class VLLMEngine:
         if kwargs.get("distributed_executor_backend") == "external_launcher":
             # vLLM asserts this for the external launcher; in-process engines also take weight tensors directly
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        return cls(LLM(**kwargs), stop_ids=stop_ids, pad_id=pad_id, student=student, seed=seed)
+        return cls(LLM(**kwargs), stop_ids=stop_ids, pad_id=pad_id, student=student, seed=seed, synced=synced)
 
     def _sampling_params(self, params: SamplingParams, n_rows: int) -> list[Any]:
         cls = self._params_cls

@@ -6,6 +6,7 @@ decisions through the beta/alpha controller (and optionally restore a healthy ch
                          wandb_dir=run_dir, restore=lambda max_step: restore_healthy(run_dir, max_step, ...))
     ...
     watch(step, summary, controller)     # in the step loop, after recording
+    state["watch"] = watch.state_dict()  # in a checkpoint; on resume: watch.resume(ckpt.get("watch"), step)
     watch.close()                        # after the loop
 
 Beta/alpha changes go through ``controller.set(reason=...)``, whose events the loop records as
@@ -21,8 +22,10 @@ from typing import Any
 import torch
 
 from opdwatch.detector.detector import DetectorState
+from opdwatch.detector.persist import reading
 from opdwatch.detector.settings import WatchConfig
 from opdwatch.detector.watcher import Watcher
+from opdwatch.errors import OpdwatchError
 from trainer.checkpoint import list_checkpoints
 from trainer.controller import Controller
 
@@ -56,6 +59,38 @@ class TrainerWatch:
             elif d.action == "restore":
                 self._restore(step, d.reason)
         return state
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The watch's state for a checkpoint (plain Python, see opdwatch/detector/persist.py), or None when
+        the watch is off (then there is nothing to continue: other ranks, or a run not being watched)."""
+        if self.config.mode == "off":
+            return None
+        return {"watcher": self.watcher.state_dict(), "last_ok_step": self.last_ok_step}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict`; raises a one-line OpdwatchError for a state from other
+        detector/policy settings (and changes nothing then)."""
+        with reading("watch"):
+            last_ok = None if state["last_ok_step"] is None else int(state["last_ok_step"])
+            self.watcher.load_state_dict(state["watcher"])
+        self.last_ok_step = last_ok
+
+    def resume(self, state: Mapping[str, Any] | None, step: int) -> None:
+        """On resume after ``step``: continue from a checkpoint's ``"watch"`` entry, so that the resumed run
+        watches exactly as an uninterrupted one. Without usable state (a checkpoint older than this, a watch
+        that was off, or other watch settings now) the watch starts afresh, re-estimating its baselines over
+        ``warmup_steps`` steps, and says so in the run's events rather than stopping the resume."""
+        if self.config.mode == "off":
+            return
+        if state is None:
+            why = "the checkpoint holds no watch state"
+        else:
+            try:
+                self.load_state_dict(state)
+                return
+            except OpdwatchError as exc:
+                why = str(exc)
+        self.recorder.event("info", step=step, message=f"watch starts afresh after the resume: {why}")
 
     def _restore(self, step: int, reason: str) -> None:
         margin = self.config.policy.restore_margin_steps

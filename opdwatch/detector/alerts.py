@@ -109,6 +109,13 @@ class WandbSink:
                        wait_duration=self.settings.alert_wait_seconds)
         return True
 
+    def state_dict(self) -> dict[str, Any]:
+        """The rate limit's memory: the step of the last alert sent per level."""
+        return {"last_alert": dict(self._last_alert)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._last_alert = {str(level): int(step) for level, step in state["last_alert"].items()}
+
     def close(self) -> None:
         if self._owned and self.run is not None:
             self.run.finish()

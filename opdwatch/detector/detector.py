@@ -17,11 +17,14 @@ only after ``recover_steps`` quiet steps, so it does not flicker. Each state car
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from opdwatch.detector.cusum import Cusum, cusum_update
+from opdwatch.detector.persist import check_settings, decode_float, encode_float, reading
 from opdwatch.detector.settings import DetectorSettings
 from opdwatch.detector.signals import SIGNALS, Baseline, signal_values
 
@@ -95,9 +98,7 @@ class Detector:
 
     def reset(self) -> None:
         s = self.settings
-        self._baselines = {name: Baseline(floor=SIGNALS[name].floor * s.floor_factor, warmup=s.warmup_steps,
-                                          halflife=s.baseline_halflife, clip=s.adapt_clip)
-                           for name in s.signal_names}
+        self._baselines = self._new_baselines()
         self._trunc_run = 0  # consecutive steps with truncation >= warn_truncation
         self._trunc_alarm_run = 0  # ... >= alarm_truncation
         self._cusum = {name: Cusum() for name in s.signal_names}
@@ -109,6 +110,41 @@ class Detector:
     @property
     def level(self) -> str:
         return self._level
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything :meth:`update` carries from one step to the next, as plain JSON-able Python
+        (opdwatch/detector/persist.py), with the settings it belongs to."""
+        return {
+            "settings": dataclasses.asdict(self.settings),
+            "baselines": {name: b.state_dict() for name, b in self._baselines.items()},
+            "cusum": {name: {k: encode_float(v) for k, v in dataclasses.asdict(c).items()}
+                      for name, c in self._cusum.items()},
+            "level": self._level,
+            "quiet": self._quiet,
+            "trunc_run": self._trunc_run,
+            "trunc_alarm_run": self._trunc_alarm_run,
+            "last_step": self._last_step,
+            "steps_seen": self.steps_seen,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict` of a detector with equal settings (else a one-line OpdwatchError);
+        later updates then give exactly what the saved detector would have given."""
+        check_settings("detector", state.get("settings") if isinstance(state, Mapping) else None,
+                       dataclasses.asdict(self.settings))
+        with reading("detector"):  # parse everything before changing anything
+            baselines, cusum = self._new_baselines(), {}
+            for name, base in baselines.items():
+                base.load_state_dict(state["baselines"][name])
+                c = state["cusum"][name]
+                cusum[name] = Cusum(up=decode_float(c["up"]), down=decode_float(c["down"]))
+            level = str(state["level"])
+            if level not in LEVELS:
+                raise ValueError(f"unknown level {level!r}")
+            last_step = None if state["last_step"] is None else int(state["last_step"])
+            counters = [int(state[k]) for k in ("quiet", "trunc_run", "trunc_alarm_run", "steps_seen")]
+        self._baselines, self._cusum, self._level, self._last_step = baselines, cusum, level, last_step
+        self._quiet, self._trunc_run, self._trunc_alarm_run, self.steps_seen = counters
 
     def update(self, step: int, metrics: Mapping[str, float]) -> DetectorState:
         s = self.settings
@@ -152,6 +188,12 @@ class Detector:
                              reason=reason if _RANK[new] > 0 else "")
 
     # ------------------------------------------------------------------------------------ helpers
+    def _new_baselines(self) -> dict[str, Baseline]:
+        s = self.settings
+        return {name: Baseline(floor=SIGNALS[name].floor * s.floor_factor, warmup=s.warmup_steps,
+                               halflife=s.baseline_halflife, clip=s.adapt_clip)
+                for name in s.signal_names}
+
     def _evidence(self, name: str, x: float, z: float) -> Evidence:
         spec, base, c = SIGNALS[name], self._baselines[name], self._cusum[name]
         if spec.direction == "up":

@@ -15,9 +15,13 @@ After ``relax_after_steps`` consecutive ok steps the knobs step back towards the
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from opdwatch.detector.detector import DetectorState
+from opdwatch.detector.detector import LEVELS, DetectorState
+from opdwatch.detector.persist import check_settings, decode_float, encode_float, reading
 from opdwatch.detector.settings import PolicySettings
 
 
@@ -46,6 +50,35 @@ class InterventionPolicy:
     def observe(self, *, beta: float, alpha: float) -> None:
         """Sync with the knobs' actual values (another component may have changed them)."""
         self.beta, self.alpha = float(beta), float(alpha)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Knobs, their starting values, cooldown and relax bookkeeping (plain JSON-able Python), with the
+        settings. The starting values matter on resume: the knobs may be raised by then, and relaxing must
+        still lead back to where the run began."""
+        return {
+            "settings": dataclasses.asdict(self.settings),
+            "base_beta": encode_float(self.base_beta),
+            "base_alpha": encode_float(self.base_alpha),
+            "beta": encode_float(self.beta),
+            "alpha": encode_float(self.alpha),
+            "last_raise": self._last_raise,
+            "last_raise_level": self._last_raise_level,
+            "healthy_since": self._healthy_since,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict` of a policy with equal settings (else a one-line OpdwatchError)."""
+        check_settings("policy", state.get("settings") if isinstance(state, Mapping) else None,
+                       dataclasses.asdict(self.settings))
+        with reading("policy"):  # parse everything before changing anything
+            knobs = [decode_float(state[k]) for k in ("base_beta", "base_alpha", "beta", "alpha")]
+            last_raise = None if state["last_raise"] is None else int(state["last_raise"])
+            healthy_since = None if state["healthy_since"] is None else int(state["healthy_since"])
+            level = str(state["last_raise_level"])
+            if level not in LEVELS:
+                raise ValueError(f"unknown level {level!r}")
+        self.base_beta, self.base_alpha, self.beta, self.alpha = knobs
+        self._last_raise, self._last_raise_level, self._healthy_since = last_raise, level, healthy_since
 
     def decide(self, state: DetectorState, step: int) -> list[Decision]:
         s = self.settings

@@ -19,8 +19,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from opdwatch.detector.persist import decode_float, encode_float
 
 
 def _key(name: str) -> Callable[[Mapping[str, float]], float]:
@@ -147,3 +150,13 @@ class Baseline:
             d = min(limit, max(-limit, x - self.mean))
             self.mean += a * d
             self.var = (1.0 - a) * (self.var + a * d * d)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the baseline has learnt (floor, warmup, halflife and clip come from the settings)."""
+        return {"values": None if self.values is None else [float(v) for v in self.values],
+                "mean": encode_float(self.mean), "var": encode_float(self.var), "n": int(self.n)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        values = None if state["values"] is None else [decode_float(v) for v in state["values"]]
+        mean, var, n = decode_float(state["mean"]), decode_float(state["var"]), int(state["n"])
+        self.values, self.mean, self.var, self.n = values, mean, var, n  # all parsed first: no half-loaded state

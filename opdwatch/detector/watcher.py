@@ -15,6 +15,7 @@ from typing import Any
 
 from opdwatch.detector.alerts import LocalSink, WandbSink, alert_for
 from opdwatch.detector.detector import Detector, DetectorState
+from opdwatch.detector.persist import reading
 from opdwatch.detector.policy import Decision, InterventionPolicy
 from opdwatch.detector.settings import WatchConfig
 
@@ -37,6 +38,8 @@ class Watcher:
         # caller's training loop (which records the error and marks the run failed).
         self._wandb_args = (run_config, wandb_dir) if config.mode != "off" and config.wandb.enabled else None
         self.history: list[DetectorState] = []  # escalations and recoveries, for summaries
+        # The wandb sink's rate-limit state from load_state_dict, handed over when the sink starts.
+        self._wandb_state: dict[str, Any] = {"last_alert": {}}
 
     def step(self, step: int, metrics: Mapping[str, float], *, beta: float | None = None,
              alpha: float | None = None) -> tuple[DetectorState | None, list[Decision]]:
@@ -48,6 +51,7 @@ class Watcher:
             run_config, wandb_dir = self._wandb_args
             self._wandb_args = None
             self.wandb = WandbSink(self.config.wandb, name=self.run_name, config=run_config, directory=wandb_dir)
+            self.wandb.load_state_dict(self._wandb_state)
         state = self.detector.update(step, metrics)
         if state.changed:
             self.history.append(state)
@@ -74,6 +78,26 @@ class Watcher:
                 self.policy.observe(beta=beta, alpha=alpha)
             return state, []
         return state, decisions
+
+    def state_dict(self) -> dict[str, Any]:
+        """Detector, policy and alert rate-limit state (plain JSON-able Python), so a resumed run watches
+        exactly as an uninterrupted one. ``history`` is left out: it is this process's summary, not
+        something later steps depend on."""
+        wandb = self.wandb.state_dict() if self.wandb is not None else {
+            "last_alert": dict(self._wandb_state["last_alert"])}
+        return {"detector": self.detector.state_dict(), "policy": self.policy.state_dict(), "wandb": wandb}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict`; a state from other detector/policy settings raises a one-line
+        OpdwatchError and leaves this watcher unchanged."""
+        with reading("watcher"):
+            detector, policy = Detector(self.config.detector), InterventionPolicy(self.config.policy)
+            detector.load_state_dict(state["detector"])
+            policy.load_state_dict(state["policy"])
+            wandb_state = {"last_alert": {str(k): int(v) for k, v in state["wandb"]["last_alert"].items()}}
+        self.detector, self.policy, self._wandb_state = detector, policy, wandb_state
+        if self.wandb is not None:
+            self.wandb.load_state_dict(wandb_state)
 
     def close(self) -> None:
         if self.wandb is not None:

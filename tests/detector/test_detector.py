@@ -1,4 +1,6 @@
+import json
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -104,3 +106,54 @@ def test_scores_expose_per_signal_statistics():
     scores = state.scores()
     assert scores["detector/level"] == 0.0
     assert "detector/cusum/rep_share" in scores and "detector/z/eos_adv" in scores
+
+
+def _same(state) -> tuple:
+    # repr is exact for floats and equal for NaN; `signals` (every watched signal) is left out of the repr
+    return state.step, state.level, state.previous, state.reason, repr(state.evidence), repr(state.signals)
+
+
+def _round_trip(state: dict, how: str) -> dict:
+    return json.loads(json.dumps(state, allow_nan=False)) if how == "json" else pickle.loads(pickle.dumps(state))
+
+
+@pytest.mark.parametrize("how", ["json", "pickle"])
+def test_a_saved_and_loaded_detector_continues_exactly_as_an_uninterrupted_one(how):
+    # A collapse (warning at row 36, alarm at 40), then rows without one signal (NaN values), then a healthy
+    # stretch (held in alarm for 2 quiet steps, ok again at row 119). Splits inside the warm-up (NaN
+    # baselines), right after it, before the warning, inside the episode, in the held steps and after.
+    rows = simulate(TraceSpec(steps=90, onset=40, width=1.0, seed=7))
+    rows += [(step + 90, {**m, "token/teacher_logp_mean": math.nan}) for step, m in rows[60:80]]
+    rows += [(step + 170, m) for step, m in simulate(TraceSpec(steps=60, onset=None, seed=5))]
+    settings = DetectorSettings(warmup_steps=3, recover_steps=3)
+    whole = Detector(settings)
+    expected = [_same(whole.update(step, m)) for step, m in rows]
+    assert [s[1] for s in expected[115:119]] == ["alarm", "alarm", "alarm", "ok"]
+    for k in (1, 2, 3, 4, 30, 36, 38, 40, 60, 95, 117, 118, 150):
+        first = Detector(settings)
+        got = [_same(first.update(step, m)) for step, m in rows[:k]]
+        resumed = Detector(settings)
+        resumed.load_state_dict(_round_trip(first.state_dict(), how))
+        got += [_same(resumed.update(step, m)) for step, m in rows[k:]]
+        assert got == expected, f"split after {k} rows"
+        assert resumed.steps_seen == whole.steps_seen and resumed.level == whole.level
+
+
+def test_a_state_from_other_settings_or_malformed_is_refused_and_changes_nothing():
+    rows = simulate(TraceSpec(steps=20, onset=None, seed=3))
+    det = Detector(DetectorSettings())
+    for step, m in rows:
+        det.update(step, m)
+    state = det.state_dict()
+    for other in (DetectorSettings(signals="truncation,loop"), DetectorSettings(h=6.0)):
+        target = Detector(other)
+        before = target.state_dict()
+        with pytest.raises(OpdwatchError) as err:
+            target.load_state_dict(state)
+        assert "other settings" in str(err.value) and "\n" not in str(err.value)
+        assert target.state_dict() == before
+    target = Detector(DetectorSettings())
+    for bad in ({**state, "level": "panic"}, {k: v for k, v in state.items() if k != "cusum"}, [1, 2]):
+        with pytest.raises(OpdwatchError):
+            target.load_state_dict(bad)
+        assert target.steps_seen == 0

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from opdwatch.detector.detector import DetectorState, Evidence
@@ -73,3 +75,45 @@ def test_restore_on_warning_asks_once_per_episode():
     pol = InterventionPolicy(PolicySettings(restore_on_warning=True, cooldown_steps=0), beta=0.0, alpha=0.0)
     assert [d.action for d in pol.decide(_state(4, "warning", "ok"), 4)] == ["raise", "restore"]
     assert [d.action for d in pol.decide(_state(5, "warning", "warning"), 5)] == ["raise"]
+
+
+def _resumed(pol: InterventionPolicy) -> InterventionPolicy:
+    # A fresh policy as a resumed run builds it (from the controller's current, possibly raised, knobs),
+    # then loaded from the saved state after a strict-JSON round trip.
+    fresh = InterventionPolicy(pol.settings, beta=pol.beta, alpha=pol.alpha)
+    fresh.load_state_dict(json.loads(json.dumps(pol.state_dict(), allow_nan=False)))
+    return fresh
+
+
+def test_cooldown_and_relax_history_survive_a_save_and_load():
+    s = PolicySettings(cooldown_steps=5, relax_after_steps=10, relax_factor=0.5)
+    levels = {**{t: "warning" for t in range(10, 17)}, **{t: "ok" for t in range(17, 60)}}
+
+    def run(pol: InterventionPolicy, steps: range) -> list[tuple]:
+        out = []
+        for t in steps:
+            prev = levels.get(t - 1, "ok")
+            out += [(d.step, d.action, d.beta, d.alpha) for d in pol.decide(_state(t, levels[t], prev), t)]
+        return out
+
+    whole = InterventionPolicy(s, beta=0.0, alpha=0.0)
+    expected = run(whole, range(10, 60))
+    assert [(d[0], d[1]) for d in expected] == [(10, "raise"), (15, "raise"), (26, "relax"), (36, "relax")]
+    for k in (11, 12, 15, 20, 30):  # inside the cooldown, at its end, in the healthy stretch, between relaxes
+        first = InterventionPolicy(s, beta=0.0, alpha=0.0)
+        got = run(first, range(10, k))
+        got += run(_resumed(first), range(k, 60))
+        assert got == expected, f"split before step {k}"
+    forgetful = InterventionPolicy(s, beta=0.1, alpha=0.5)  # what a resume did before: history lost
+    assert run(forgetful, range(12, 14))[0][:2] == (12, "raise")  # ... so it raised inside the cooldown
+
+
+def test_a_policy_state_from_other_settings_or_malformed_is_refused():
+    pol = InterventionPolicy(PolicySettings(), beta=0.0, alpha=0.0)
+    pol.decide(_state(3, "warning"), 3)
+    other = InterventionPolicy(PolicySettings(cooldown_steps=2))
+    with pytest.raises(OpdwatchError, match=r"policy state was saved with other settings: cooldown_steps=5"):
+        other.load_state_dict(pol.state_dict())
+    assert (other.beta, other.alpha) == (0.0, 0.0)
+    with pytest.raises(OpdwatchError, match="malformed"):
+        InterventionPolicy(PolicySettings()).load_state_dict({**pol.state_dict(), "beta": "lots"})

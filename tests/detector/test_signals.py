@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -39,3 +40,21 @@ def test_baseline_adapts_to_slow_drift_only_when_allowed_and_clips_outliers():
     for i in range(200):
         b.observe(1.0 + 0.001 * i, adapt=True)
     assert b.mean == pytest.approx(1.2, abs=0.03)
+
+
+def test_baseline_state_round_trips_mid_warmup_and_after_through_strict_json():
+    def fresh() -> Baseline:
+        return Baseline(floor=0.03, warmup=4, halflife=30)
+
+    xs = [0.01, 0.02, 0.0, 0.05, 0.03, 0.2, 0.04, math.nan, 0.02]
+    for k in range(len(xs) + 1):
+        whole, first = fresh(), fresh()
+        for x in xs:
+            whole.observe(x, adapt=True)
+        for x in xs[:k]:
+            first.observe(x, adapt=True)
+        second = fresh()
+        second.load_state_dict(json.loads(json.dumps(first.state_dict(), allow_nan=False)))  # NaN mean mid-warm-up
+        for x in xs[k:]:
+            second.observe(x, adapt=True)
+        assert repr(second) == repr(whole), k

@@ -1,6 +1,10 @@
+import json
+import sys
+import types
+
 import pytest
 
-from opdwatch.detector.settings import WatchConfig
+from opdwatch.detector.settings import DetectorSettings, PolicySettings, WandbSettings, WatchConfig
 from opdwatch.detector.simulate import TraceSpec, simulate
 from opdwatch.detector.watcher import Watcher
 from opdwatch.errors import OpdwatchError
@@ -71,3 +75,86 @@ def test_wandb_enabled_watcher_logs_and_alerts_into_an_offline_run(tmp_path, mon
     alerts = events.filter(events["kind"] == "alert")
     assert alerts.height >= 1 and "wandb" in alerts["data"][0]
     assert list(tmp_path.rglob("*.wandb"))
+
+
+class _Events:
+    """Stands in for a Recorder: keeps the events the watcher writes."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def event(self, kind: str, **data) -> None:
+        self.events.append((kind, json.dumps(data, sort_keys=True, default=str)))
+
+
+def _act(watcher: Watcher, rows, knobs: list[float]) -> list[tuple]:
+    out = []
+    for step, metrics in rows:
+        state, decisions = watcher.step(step, metrics, beta=knobs[0], alpha=knobs[1])
+        out.append((state.level, state.message))
+        for d in decisions:
+            out.append((d.action, d.beta, d.alpha, d.reason))
+            knobs[0] = d.beta if d.beta is not None else knobs[0]
+            knobs[1] = d.alpha if d.alpha is not None else knobs[1]
+    return out
+
+
+@pytest.mark.parametrize("k", [2, 20, 37, 41, 55])
+def test_a_saved_and_loaded_watcher_acts_and_records_as_an_uninterrupted_one(k):
+    config = WatchConfig(mode="act", detector=DetectorSettings(warmup_steps=3),
+                         policy=PolicySettings(cooldown_steps=8, relax_after_steps=5))
+    whole_rec = _Events()
+    expected = _act(Watcher(config, recorder=whole_rec, run_name="r"), ROWS, [0.0, 0.0])
+    assert any(e[0] == "raise" for e in expected)
+    rec, knobs = _Events(), [0.0, 0.0]
+    first = Watcher(config, recorder=rec, run_name="r")
+    got = _act(first, ROWS[:k], knobs)
+    state = json.loads(json.dumps(first.state_dict(), allow_nan=False))
+    resumed = Watcher(config, recorder=rec, run_name="r", beta=knobs[0], alpha=knobs[1])
+    resumed.load_state_dict(state)
+    got += _act(resumed, ROWS[k:], knobs)
+    assert got == expected
+    assert rec.events == whole_rec.events
+
+
+def test_a_watcher_state_from_other_settings_is_refused_and_changes_nothing():
+    watcher = Watcher(WatchConfig(mode="warn"))
+    for step, metrics in ROWS[:10]:
+        watcher.step(step, metrics)
+    other = Watcher(WatchConfig(mode="warn", detector=DetectorSettings(signals="truncation,loop")))
+    detector = other.detector
+    with pytest.raises(OpdwatchError, match="detector state was saved with other settings: signals="):
+        other.load_state_dict(watcher.state_dict())
+    assert other.detector is detector and detector.steps_seen == 0
+    with pytest.raises(OpdwatchError, match="watcher state is malformed"):
+        other.load_state_dict({"policy": {}})
+
+
+def test_the_wandb_alert_rate_limit_carries_over_to_the_sink_started_after_a_resume(monkeypatch):
+    sent = []
+    run = types.SimpleNamespace(log=lambda *a, **k: None, finish=lambda: None,
+                                alert=lambda **kw: sent.append(kw["title"]))
+    fake = types.SimpleNamespace(run=None, init=lambda **kw: run,
+                                 AlertLevel=types.SimpleNamespace(WARN="WARN", ERROR="ERROR"))
+    monkeypatch.setitem(sys.modules, "wandb", fake)  # WandbSink imports wandb when it starts
+    config = WatchConfig(mode="warn", wandb=WandbSettings(enabled=True, alert_min_steps=100))
+    first = Watcher(config)
+    for step, metrics in ROWS[:30]:
+        first.step(step, metrics)
+    state = first.state_dict()
+    first.close()
+    assert state["wandb"] == {"last_alert": {}} and sent == []
+
+    def resume(last_alert: dict[str, int]) -> list[str]:
+        watcher = Watcher(config)
+        watcher.load_state_dict({**state, "wandb": {"last_alert": last_alert}})
+        assert watcher.state_dict()["wandb"]["last_alert"] == last_alert  # kept until the sink starts
+        for step, metrics in ROWS[30:]:  # a warning and an alarm follow
+            watcher.step(step, metrics)
+        watcher.close()
+        out = sent[:]
+        sent.clear()
+        return out
+
+    assert resume({}) == ["OPD collapse warning", "OPD collapse alarm"]
+    assert resume({"WARN": 30, "ERROR": 25}) == []  # alerts sent just before the save hold these back

@@ -75,22 +75,48 @@ def test_each_minibatch_is_split_over_the_ranks() -> None:
 
 def _tiny_yaml(path: Path, model_cache: Path) -> Path:
     """The tiny test config as a YAML file (both runs load the same file), with per-rollout random streams."""
-    tree = parse_overrides([*TINY, f"models.cache_dir={model_cache}", "opd.steps=2", "val.every=2", "run.seed=3",
+    tree = parse_overrides([*TINY, f"models.cache_dir={model_cache}", "opd.steps=3", "val.every=2", "run.seed=3",
                             "checkpoint.every=0", "rollout.counter_rng=true", "run.name=r"])
     path.write_text(yaml.safe_dump(tree))
     return path
 
 
-@pytest.mark.slow
-def test_torchrun_training_matches_one_process(tmp_path: Path, model_cache: Path) -> None:
-    """`torchrun --nproc_per_node 2` (gloo) records the same rollouts, tokens and step metrics and ends with the
-    same weights as one process on the same global batch (4 prompts x 2 samples, 2 minibatches, 2 steps)."""
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> tuple[Path, Path]:
+    """(config file, run dir) of the one-process reference run the torchrun runs are compared with."""
     from trainer.loop import train
 
-    config_path = _tiny_yaml(tmp_path / "tiny.yaml", model_cache)
-    one_dir, two_dir = tmp_path / "one" / "r", tmp_path / "two" / "r"
-    assert train(load_config(config_path, [f"run.output_dir={tmp_path / 'one'}"])) == one_dir
-    torchrun("-m", "opdwatch.cli", "train", str(config_path), f"run.output_dir={tmp_path / 'two'}")
+    root = tmp_path_factory.mktemp("dist")
+    config_path = _tiny_yaml(root / "tiny.yaml", model_cache)
+    run_dir = train(load_config(config_path, [f"run.output_dir={root / 'one'}"]))
+    return config_path, run_dir
+
+
+@pytest.mark.slow
+def test_torchrun_training_matches_one_process(tmp_path: Path, one_process: tuple[Path, Path]) -> None:
+    """`torchrun --nproc_per_node 2` (gloo) records the same rollouts, tokens and step metrics and ends with the
+    same weights as one process on the same global batch (4 prompts x 2 samples, 2 minibatches, 3 steps)."""
+    config_path, one_dir = one_process
+    torchrun("-m", "opdwatch.cli", "train", str(config_path), f"run.output_dir={tmp_path}")
+    assert_same_run(one_dir, tmp_path / "r")
+
+
+@pytest.mark.slow
+def test_fsdp_training_matches_one_process(tmp_path: Path, one_process: tuple[Path, Path]) -> None:
+    """The same with the student sharded by FSDP2 over 2 gloo ranks: rollouts come from the unsharded copy,
+    gradients are reduce-scattered as sums, and the checkpoint holds full tensors and name-keyed Adam state; here
+    the run is also interrupted after step 2 and resumed from that checkpoint."""
+    config_path, one_dir = one_process
+    args = ("-m", "opdwatch.cli", "train", str(config_path), f"run.output_dir={tmp_path}", "distributed.fsdp=true")
+    torchrun(*args, "opd.steps=2")  # stop after step 2 (a checkpoint), then resume under FSDP to step 3
+    ckpt = torch.load(list_checkpoints(tmp_path / "r")[-1] / "state.pt", weights_only=False)
+    assert ckpt["step"] == 2 and ckpt["optimizer_keys"] == "names"
+    assert set(ckpt["optimizer"]["state"]) == set(ckpt["student"])  # Adam moments for every weight, by name
+    torchrun(*args, "--resume")
+    assert_same_run(one_dir, tmp_path / "r")
+
+
+def assert_same_run(one_dir: Path, two_dir: Path) -> None:
     one, two = opdwatch.open_run(one_dir), opdwatch.open_run(two_dir)
     assert two.manifest["world_size"] == 2 and two.status == "finished"
 

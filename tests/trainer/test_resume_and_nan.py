@@ -55,6 +55,44 @@ def test_resume_equals_uninterrupted(tiny_config) -> None:
     assert "resume" in kinds
 
 
+def _events(run_dir) -> list[tuple]:
+    events = open_run(run_dir).events
+    events = events() if callable(events) else events
+    return list(zip(events["kind"].to_list(), events["step"].to_list(), events["message"].to_list(), strict=True))
+
+
+def test_resumed_watch_continues_the_detector_and_policy_of_the_interrupted_run(tiny_config, tmp_path) -> None:
+    # The 16-token budget makes the tiny student truncate: the guard alarms at step 1 and the policy raises,
+    # then the cooldown (5 steps) holds until step 6. A watch that started afresh after the resume from
+    # step 3 would alarm and raise again at step 4 (detector back in warm-up, cooldown forgotten).
+    watch = ["opd.steps=6", "checkpoint.every=3", "val.every=0", "opd.beta=0.0", "opd.alpha=0.0", "run.name=w",
+             "watch.mode=act", "watch.detector.warmup_steps=2", "watch.detector.warn_truncation=0.05",
+             "watch.detector.alarm_truncation=0.1", "watch.detector.guard_steps=1"]
+    full = tiny_config(*watch, f"run.output_dir={tmp_path / 'full'}")  # same run name: same alert titles
+    loop.train(full)
+    broken = tiny_config(*watch, f"run.output_dir={tmp_path / 'resumed'}")
+
+    def crash_at_4(step, summary, controller) -> None:
+        if step == 4:
+            raise Crash("simulated crash after step 4 was recorded")
+
+    with pytest.raises(Crash):
+        loop.train(broken, on_step=crash_at_4)
+    saved = torch.load(list_checkpoints(broken.run_dir)[-1] / "state.pt", weights_only=False)
+    assert saved["step"] == 3 and saved["watch"]["watcher"]["detector"]["steps_seen"] == 3
+    loop.train(broken, resume=True)
+
+    expected, got = _events(full.run_dir), [e for e in _events(broken.run_dir) if e[0] != "resume"]
+    assert got == expected
+    assert [e[:2] for e in expected if e[0] in ("alarm", "intervention")] == [
+        ("alarm", 1), ("intervention", 1), ("intervention", 6)]
+    a, b = _train_rows(full.run_dir), _train_rows(broken.run_dir)
+    assert a["control/beta"].to_list() == b["control/beta"].to_list()
+    last = [torch.load(list_checkpoints(r)[-1] / "state.pt", weights_only=False)["watch"]
+            for r in (full.run_dir, broken.run_dir)]
+    assert repr(last[0]) == repr(last[1])  # baselines, statistics, counters and policy, float for float
+
+
 def test_nonfinite_logp_skips_update(tiny_config, monkeypatch) -> None:
     config = tiny_config("opd.steps=2", "checkpoint.every=1", "checkpoint.keep=5", "run.name=nan")
     real_score = loop.score

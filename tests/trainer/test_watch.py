@@ -1,9 +1,10 @@
+import io
 import json
 
 import pytest
 import torch
 
-from opdwatch.detector.settings import PolicySettings, WatchConfig
+from opdwatch.detector.settings import DetectorSettings, PolicySettings, WatchConfig
 from opdwatch.detector.simulate import TraceSpec, simulate
 from opdwatch.reader import open_run
 from opdwatch.recorder import Recorder
@@ -82,6 +83,65 @@ def test_restore_on_alarm_rolls_back_to_a_checkpoint_before_the_trouble(tmp_path
     data = json.loads(restores["data"][0])
     assert data["restored_step"] in saved and data["restored_step"] <= watch.last_ok_step
     assert model.weight.flatten()[0].item() == pytest.approx(saved[data["restored_step"]])
+
+
+class _Events:
+    """Stands in for the Recorder: keeps the events the watch writes."""
+
+    def __init__(self):
+        self.events = []
+
+    def event(self, kind, **data):
+        self.events.append((kind, json.dumps(data, sort_keys=True, default=str)))
+
+
+def _watch_rows(watch, rows, ctl):
+    levels = []
+    for step, metrics in rows:
+        levels.append(watch(step, metrics, ctl).level)
+        ctl.step = step
+    return levels
+
+
+def test_watch_state_through_a_torch_checkpoint_continues_as_if_uninterrupted():
+    config = WatchConfig(mode="act", policy=PolicySettings(cooldown_steps=8))
+    whole_rec, whole_ctl = _Events(), Controller(beta=0.0, alpha=0.0)
+    whole = TrainerWatch(config, whole_rec)
+    expected = _watch_rows(whole, ROWS, whole_ctl)
+    rec, ctl = _Events(), Controller(beta=0.0, alpha=0.0)
+    first = TrainerWatch(config, rec)
+    got = _watch_rows(first, ROWS[:40], ctl)  # split inside the episode and the cooldown
+    buffer = io.BytesIO()
+    torch.save({"watch": first.state_dict()}, buffer)
+    buffer.seek(0)
+    resumed = TrainerWatch(config, rec, beta=ctl.beta, alpha=ctl.alpha)  # as loop.train builds it on resume
+    resumed.resume(torch.load(buffer, weights_only=False)["watch"], step=40)
+    got += _watch_rows(resumed, ROWS[40:], ctl)
+    assert got == expected and rec.events == whole_rec.events
+    assert [c.message for c in ctl.drain()] == [c.message for c in whole_ctl.drain()]
+    assert resumed.last_ok_step == whole.last_ok_step  # where a rollback would go (restore_margin_steps before)
+    assert repr(resumed.state_dict()) == repr(whole.state_dict())
+
+
+def test_watch_without_usable_state_starts_afresh_and_says_so():
+    state = TrainerWatch(WatchConfig(mode="warn"), _Events())
+    for step, metrics in ROWS[:10]:
+        state(step, metrics, Controller(beta=0.0, alpha=0.0))
+    saved = state.state_dict()
+    assert TrainerWatch(WatchConfig(mode="off"), _Events()).state_dict() is None  # e.g. ranks other than 0
+    for ckpt_watch, config, why in (
+        (None, WatchConfig(mode="warn"), "the checkpoint holds no watch state"),  # an older checkpoint
+        (saved, WatchConfig(mode="warn", detector=DetectorSettings(h=6.0)), "other settings: h=5.0 (now 6.0)"),
+    ):
+        rec = _Events()
+        watch = TrainerWatch(config, rec)
+        watch.resume(ckpt_watch, step=10)
+        assert watch.watcher.detector.steps_seen == 0
+        [(kind, data)] = rec.events
+        assert kind == "info" and why in json.loads(data)["message"] and json.loads(data)["step"] == 10
+    rec = _Events()
+    TrainerWatch(WatchConfig(mode="off"), rec).resume(saved, step=10)  # off: nothing to continue, nothing said
+    assert rec.events == []
 
 
 def test_restore_healthy_returns_none_without_an_old_enough_checkpoint(tmp_path):

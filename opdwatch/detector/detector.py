@@ -218,6 +218,8 @@ class Detector:
             return "alarm", f"{len(fired)} signals changed, including {outcome[0].signal}"
         if self._trunc_run >= s.guard_steps:
             return "warning", f"truncation rate {truncation:.2f} >= {s.warn_truncation:g} for {s.guard_steps} steps"
+        if s.warn_truncation_jump and finite and truncation >= s.warn_truncation_jump:
+            return "warning", f"truncation rate jumped to {truncation:.2f} (>= {s.warn_truncation_jump:g})"
         families = {SIGNALS[e.signal].family for e in fired}
         if len(fired) >= s.warn_min_signals and len(families) >= s.warn_min_families:
             return "warning", f"{len(fired)} signals changed ({', '.join(sorted(families))})"

@@ -63,11 +63,24 @@ def test_truncation_guard_works_inside_the_warmup_but_ignores_a_one_step_spike()
     rng = np.random.default_rng(1)
     det = Detector(DetectorSettings())
     m = _healthy(rng)
-    assert det.update(1, {**m, "rollout/truncation_rate": 0.6}).level == "warmup"  # one step: a spike
+    assert det.update(1, {**m, "rollout/truncation_rate": 0.35}).level == "warmup"  # one step: a spike
     assert det.update(2, {**m, "rollout/truncation_rate": 0.1}).level == "warmup"
     det.update(3, {**m, "rollout/truncation_rate": 0.4})
     state = det.update(4, {**m, "rollout/truncation_rate": 0.5})
     assert state.level == "alarm" and "truncation rate" in state.reason
+
+
+def test_a_one_step_truncation_jump_warns_at_once():
+    rng = np.random.default_rng(4)
+    det = Detector(DetectorSettings())
+    for step in range(1, 10):
+        assert det.update(step, _healthy(rng)).level in ("warmup", "ok")
+    state = det.update(10, {**_healthy(rng), "rollout/truncation_rate": 0.9})
+    assert state.level == "warning" and "jumped to 0.90" in state.reason
+    off = Detector(DetectorSettings(warn_truncation_jump=0))  # 0 turns the rule off
+    for step in range(1, 10):
+        off.update(step, _healthy(np.random.default_rng(step)))
+    assert off.update(10, {**_healthy(rng), "rollout/truncation_rate": 0.9}).level == "ok"
 
 
 def test_steps_back_down_only_after_recover_steps_quiet_steps():
@@ -92,7 +105,8 @@ def test_missing_and_nan_metrics_are_skipped_and_steps_must_increase():
 
 def test_bad_settings_raise_one_line_errors():
     for bad in (DetectorSettings(signals="nope"), DetectorSettings(warmup_steps=1), DetectorSettings(h=0),
-                DetectorSettings(warn_truncation=0.5, alarm_truncation=0.3)):
+                DetectorSettings(warn_truncation=0.5, alarm_truncation=0.3),
+                DetectorSettings(warn_truncation_jump=1.5)):
         with pytest.raises(OpdwatchError) as err:
             Detector(bad)
         assert "\n" not in str(err.value)

@@ -46,7 +46,7 @@ import numpy as np
 
 from opdwatch.detector.cusum import PageHinkley, page_hinkley_update
 from opdwatch.detector.detector import Detector
-from opdwatch.detector.replay import collapse_step, steps_to_rows
+from opdwatch.detector.replay import collapse_step, train_rows
 from opdwatch.detector.settings import DetectorSettings
 from opdwatch.detector.signals import SIGNALS, signal_values
 from opdwatch.detector.simulate import random_collapse, random_stable, simulate
@@ -265,7 +265,7 @@ def recorder_runs(root: Path) -> list[Item]:
 
 
 def run_rows(path: Path) -> Rows:
-    return steps_to_rows(open_run(path).steps("train").collect())
+    return train_rows(open_run(path))
 
 
 def real_runs(root: Path) -> list[Item]:

@@ -1,13 +1,15 @@
 """Step aggregates (the paper's Figs 2-4) as reducible partial sums.
 
 A step's metrics are means over all of the step's rollouts and tokens on all ranks. Each rank computes
-:func:`partials` (sums, counts and maxima, keyed ``"sum:..."``, ``"n:..."``, ``"max:..."``); ranks combine
-them with :func:`merge` (or an all-reduce of the same keys); :func:`finalize` turns them into the metrics
-row. They are computed on every token before any thinning, so they stay exact when token rows are thinned.
+:func:`partials` (sums, counts, maxima and a sum of squares, keyed ``"sum:..."``, ``"n:..."``, ``"max:..."``,
+``"sq:..."``); ranks combine them with :func:`merge` (or an all-reduce of the same keys); :func:`finalize`
+turns them into the metrics row. They are computed on every token before any thinning, so they stay exact
+when token rows are thinned.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -49,6 +51,9 @@ def partials(
     _add(p, "rollout/zlib_tail_ratio_mean", tail_ratio.astype(np.float64))
     _add(p, "rollout/accuracy", correct.astype(np.float64))
     p["max:rollout/max_length"] = float(num_tokens.max()) if len(num_tokens) else 0.0
+    # Sum of squared lengths, for rollout/length_cv (finalize): a few rollouts starting to loop spread the
+    # lengths before they move the mean (in real tiny runs the spread rose 1-2 steps earlier).
+    p["sq:rollout/mean_length"] = float((num_tokens.astype(np.float64) ** 2).sum())
     p["sum:rollout/count"] = float(len(num_tokens))
     m = loss_mask
     p["sum:token/count"] = float(m.sum())
@@ -82,7 +87,7 @@ def merge(parts: Iterable[Partials]) -> Partials:
 
 
 def finalize(p: Partials) -> dict[str, float]:
-    """Metrics row from partials: means (NaN where nothing was counted), counts and maxima."""
+    """Metrics row from partials: means (NaN where nothing was counted), counts, maxima and the length cv."""
     out: dict[str, float] = {}
     for key, value in p.items():
         kind, name = key.split(":", 1)
@@ -91,4 +96,15 @@ def finalize(p: Partials) -> dict[str, float]:
             out[name] = value / n if n > 0 else float("nan")
         elif kind in ("sum", "max"):
             out[name] = value
+    if "sq:rollout/mean_length" in p:
+        out["rollout/length_cv"] = _cv(p["sum:rollout/mean_length"], p["sq:rollout/mean_length"],
+                                       p["n:rollout/mean_length"])
     return out
+
+
+def _cv(total: float, total_sq: float, n: float) -> float:
+    """Coefficient of variation (population sd / mean) from a sum and a sum of squares; NaN if undefined."""
+    if n <= 0 or total <= 0:
+        return float("nan")
+    mean = total / n
+    return math.sqrt(max(total_sq / n - mean * mean, 0.0)) / mean

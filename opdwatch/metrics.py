@@ -76,7 +76,8 @@ def _ngram_keys(token_ids: np.ndarray, rollout_index: np.ndarray, n: int) -> np.
     with np.errstate(over="ignore"):
         for k in range(n):  # h[t] = sum_k ids[t-k] * M^(k+1)  (wrapping uint64 arithmetic)
             shifted = np.zeros_like(ids)
-            shifted[k:] = ids[: len(ids) - k] + np.uint64(1)
+            if k < len(ids):  # (a batch shorter than n: ids[:len - k] would wrap to a non-empty slice)
+                shifted[k:] = ids[: len(ids) - k] + np.uint64(1)
             h = (h + shifted) * _HASH_MULT
         h ^= key
     return h

@@ -55,6 +55,7 @@ ROLLOUT_SERIES = (
     "rollout/loop_rate",
     "rollout/mean_length",
     "rollout/max_length",
+    "rollout/length_cv",
     "rollout/zlib_tail_ratio_mean",
     "rollout/accuracy",
 )
@@ -216,6 +217,7 @@ def rollout_aggregates(run: Run, *, phase: str = "train") -> pl.DataFrame:
         pl.col("loop_onset").is_not_null().cast(pl.Float64).mean().alias("rollout/loop_rate"),
         n.mean().alias("rollout/mean_length"),
         n.max().alias("rollout/max_length"),
+        (n.std(ddof=0) / n.mean()).alias("rollout/length_cv"),
         pl.col("zlib_tail_ratio").fill_nan(None).mean().alias("rollout/zlib_tail_ratio_mean"),
         pl.col("correct").cast(pl.Float64).mean().alias("rollout/accuracy"),
         n.sum().alias("rollout/tokens"),

@@ -56,6 +56,11 @@ def brute_tokens(run) -> dict[int, dict[str, float | None]]:
     return out
 
 
+def _cv(xs: list[float]) -> float:
+    mean = sum(xs) / len(xs)
+    return (sum((x - mean) ** 2 for x in xs) / len(xs)) ** 0.5 / mean
+
+
 def brute_rollouts(run, phase: str) -> dict[int, dict[str, float | None]]:
     by_step: dict[int, list[dict]] = defaultdict(list)
     for row in _rows(run, "rollouts", phase):
@@ -69,6 +74,7 @@ def brute_rollouts(run, phase: str) -> dict[int, dict[str, float | None]]:
             "rollout/loop_rate": _mean([float(r["loop_onset"] is not None) for r in rows]),
             "rollout/mean_length": _mean([float(r["num_tokens"]) for r in rows]),
             "rollout/max_length": float(max(r["num_tokens"] for r in rows)),
+            "rollout/length_cv": _cv([float(r["num_tokens"]) for r in rows]),
             "rollout/zlib_tail_ratio_mean": _mean([r["zlib_tail_ratio"] for r in rows]),
             "rollout/accuracy": _mean([float(r["correct"]) for r in rows if r["correct"] is not None]),
         }

@@ -7,7 +7,10 @@ Teacher recipe (why: see docs/trainer.md and shared/notes/cpu-collapse-study.md)
      plain OPD does not collapse; with it, the teacher rewards loop tokens and OPD collapses as in the paper.
 Student recipe: a short golden SFT of a much smaller model (weak, ~20% accurate, but it stops).
 
-Each model directory is keyed by a hash of everything that shapes it, so later runs load it at once.
+Each model directory is keyed by a hash of everything that shapes it, so later runs load it at once. The build
+always runs on BUILD_THREADS torch threads, whatever the run asks for: CPU float sums can depend on the
+thread count, and the cache key does not include it. (The demo's own teacher and student came out bit-equal
+from 1 and 2 threads on this machine, but the tests' tiny models did not: their pinned losses moved.)
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -31,6 +36,7 @@ from trainer.sft import golden_sequence, pack_right, repetitive_sequence, sft_tr
 from trainer.tokenizer import DEMO_CHARS, build_char_tokenizer
 
 RECIPE_VERSION = 2  # bump when the recipe code changes, to invalidate caches
+BUILD_THREADS = 2  # torch threads of every build (2: what the demo runs on by default)
 MAX_LEN = 256  # position budget of the tiny models (prompt <= 20 chars + 128 new tokens)
 COPY_DOC_LENGTH = 128  # repetitive documents fill the whole generation budget, without EOS
 
@@ -95,6 +101,17 @@ def _train_stage(model, make_batch, steps: int, lr: float, desc: str, progress: 
         sft_train(model, make_batch, steps=steps, lr=lr, on_step=on_step)
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block on `n` intra-op torch threads, then restore the caller's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def build_demo_model(
     role: str, tiny: TinyModelConfig, data: DataConfig, out_dir: Path, progress: bool
 ) -> None:
@@ -141,7 +158,8 @@ def ensure_demo_model(config: TrainConfig, role: str) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{role}-", dir=root))  # hidden, renamed into place when complete
     try:
-        build_demo_model(role, tiny, config.data, tmp, config.run.progress)
+        with torch_threads(BUILD_THREADS):
+            build_demo_model(role, tiny, config.data, tmp, config.run.progress)
         if (final / "config.json").exists():  # another process won the race
             shutil.rmtree(tmp)
         else:

@@ -170,7 +170,7 @@ def all_reduce_gradients(model: torch.nn.Module, env: DistEnv) -> None:
 
 
 def reduce_partials(partials: aggregates.Partials, env: DistEnv) -> aggregates.Partials:
-    """Merge every rank's recorder partials (sum:/n: summed, max: maxed), identical on all ranks.
+    """Merge every rank's recorder partials (sum:/n:/sq: summed, max: maxed), identical on all ranks.
 
     Uses all_gather_object and `aggregates.merge` in rank order: the key sets may differ between ranks (a rank
     with no EOS token has no eos keys), and the merge is then bit-for-bit the one-process merge order.

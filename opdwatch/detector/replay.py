@@ -110,9 +110,27 @@ def steps_to_rows(steps: pl.DataFrame) -> list[tuple[int, dict[str, float]]]:
     return rows
 
 
+# Step metrics newer than some recorded runs, recomputed from their rollouts table when missing (the
+# definitions in opdwatch.series equal the recorder's), so old runs replay with every signal.
+BACKFILL_FROM_ROLLOUTS = ("rollout/length_cv",)
+
+
+def train_rows(run: Run) -> list[tuple[int, dict[str, float]]]:
+    """The run's train-step metrics as the detector sees them, with :data:`BACKFILL_FROM_ROLLOUTS` filled in
+    from the rollouts table where the recorder that wrote the run did not record them."""
+    steps = run.steps("train").collect()
+    missing = [c for c in BACKFILL_FROM_ROLLOUTS if c not in steps.columns]
+    if missing and steps.height:
+        from opdwatch.series import rollout_aggregates
+
+        extra = rollout_aggregates(run, phase="train").select("step", *missing)
+        steps = steps.join(extra.with_columns(pl.col("step").cast(steps.schema["step"])), on="step", how="left")
+    return steps_to_rows(steps)
+
+
 def replay(run: Run, settings: DetectorSettings | None = None, policy: PolicySettings | None = None) -> Replay:
     """Replay a recorded run's train steps through a fresh detector (and the policy, for what it would do)."""
-    steps = run.steps("train").collect()
-    if steps.height == 0:
+    rows = train_rows(run)
+    if not rows:
         raise OpdwatchError(f"{run.path}: the run has no train steps to replay")
-    return replay_rows(steps_to_rows(steps), settings, policy)
+    return replay_rows(rows, settings, policy)

@@ -1,6 +1,12 @@
-from opdwatch.detector.replay import collapse_step, replay, replay_rows
+import math
+
+import pyarrow.parquet as pq
+import pytest
+
+from opdwatch.detector.replay import collapse_step, replay, replay_rows, train_rows
 from opdwatch.detector.settings import DetectorSettings, PolicySettings
 from opdwatch.detector.simulate import TraceSpec, simulate
+from opdwatch.detector.synthetic_run import write_synthetic_run
 from opdwatch.reader import open_run
 
 
@@ -35,3 +41,20 @@ def test_collapse_step_is_the_first_step_reaching_half_truncation():
             (4, {"rollout/truncation_rate": 0.9})]
     assert collapse_step(rows) == 3
     assert collapse_step(rows[:2]) is None
+
+
+def test_train_rows_backfill_metrics_an_older_recorder_did_not_write(tmp_path):
+    run_dir = write_synthetic_run(tmp_path / "old", steps=12, onset=8, seed=4)
+    recorded = dict(train_rows(open_run(run_dir)))
+    assert all(math.isfinite(m["rollout/length_cv"]) for m in recorded.values())
+    # Make it an older run: drop the column from every steps file, as a recorder before length_cv wrote them.
+    for path in (run_dir / "steps").rglob("*.parquet"):
+        table = pq.read_table(path)
+        pq.write_table(table.drop_columns(["rollout/length_cv"]), path)
+    run = open_run(run_dir)
+    assert "rollout/length_cv" not in run.steps("train").collect().columns
+    backfilled = dict(train_rows(run))
+    assert backfilled.keys() == recorded.keys()
+    for step, metrics in recorded.items():
+        assert backfilled[step]["rollout/length_cv"] == pytest.approx(metrics["rollout/length_cv"], rel=1e-12)
+    assert replay(run).frame["z/length_cv"].drop_nulls().drop_nans().len() > 0  # the signal is watched

@@ -44,10 +44,12 @@ def test_mid_run_change_is_an_event_and_applies_next_step(tiny_config) -> None:
 
 # Loss values of steps 1-2 of the tiny seeded run (1 thread, torch 2.13 CPU). Re-pin deliberately if the
 # objective, the sampler or the tiny recipe changes.
+# Re-pinned when the demo models' build moved to a fixed 2 threads (trainer/demo_teacher.py BUILD_THREADS):
+# the tiny teacher's last bits changed, and with them the OPD/KL losses of step 2 (relative 1e-4).
 PINNED = {
-    "loss/total": [1.5889979004859924, 1.5219961404800415],
-    "loss/opd": [-0.0002811006834235741, 0.012448785360902548],
-    "loss/kl": [0.0006470530643127859, 0.005371174192987382],
+    "loss/total": [1.5889979004859924, 1.521994411945343],
+    "loss/opd": [-0.0002811191134242108, 0.012447030050680041],
+    "loss/kl": [0.0006470531807281077, 0.005371216917410493],
     "loss/sft": [3.178428530693054, 3.018020510673523],
 }
 

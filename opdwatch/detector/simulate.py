@@ -5,7 +5,7 @@ The shapes follow the CPU collapse study (shared/notes/cpu-collapse-study.md): a
 drives truncation, looping and repetition through binomial sampling of ``rollouts`` rollouts per step;
 precursors lead it — the repetitive-token share rises from ~0.03 to 0.06-0.09 some ``precursor_lead``
 steps before the collapse and the EOS advantage turns negative a little later; the teacher log-prob jumps
-by ``teacher_jump`` nats at onset; lengths grow with truncation. Stable traces have the same noise, a slow
+by ``teacher_jump`` nats at onset; lengths grow, and spread, with truncation. Stable traces have the same noise, a slow
 benign drift and optional one-step truncation spikes that recover (seen in Stable-OPD runs). A trace with
 ``precursor_lead=0`` has no early signal beyond the outcome itself: a stress case, not the documented
 physics.
@@ -38,6 +38,18 @@ class TraceSpec:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
+
+
+HEALTHY_LENGTH_CV = 0.25  # spread of healthy response lengths (sd / mean; 0.2-0.3 in the real tiny runs)
+
+
+def _mixture_cv(truncated: np.ndarray, length: np.ndarray | float, budget: float, cv: float) -> np.ndarray:
+    """cv of a batch whose `truncated` share sits at `budget` and the rest around `length` with spread `cv`.
+    Only the outcome moves it: the simulator gives the length spread no precursor of its own."""
+    f = truncated
+    mean = (1 - f) * length + f * budget
+    second = (1 - f) * (length ** 2) * (1 + cv ** 2) + f * budget ** 2
+    return np.sqrt(np.maximum(second - mean ** 2, 0.0)) / mean
 
 
 def simulate(spec: TraceSpec) -> list[tuple[int, dict[str, float]]]:
@@ -75,13 +87,15 @@ def simulate(spec: TraceSpec) -> list[tuple[int, dict[str, float]]]:
     student = -1.1 + 0.1 * curve + rng.normal(0, 0.03 * g, len(t))
     base_len = 35.0 * (1 + 0.15 * drift)
     length = base_len + (128 - base_len) * trunc + rng.normal(0, 1.2 * g, len(t))
+    length_cv = _mixture_cv(trunc, base_len, 128.0, HEALTHY_LENGTH_CV) + rng.normal(0, 0.025 * g, len(t))
     rows = []
     for i, step in enumerate(t.astype(int)):
         regular = -0.2 + rng.normal(0, 0.05 * g)
         rows.append((int(step), {
             "rollout/count": float(n), "rollout/truncation_rate": float(trunc[i]),
             "rollout/loop_rate": float(min(loop[i], 1.0)), "rollout/repetition_rate": float(rep[i]),
-            "rollout/mean_length": float(max(length[i], 1.0)), "token/repetitive_share": float(rep_share[i]),
+            "rollout/mean_length": float(max(length[i], 1.0)), "rollout/length_cv": float(max(length_cv[i], 0.0)),
+            "token/repetitive_share": float(rep_share[i]),
             "token/adv_regular_mean": float(regular), "token/adv_repetitive_mean": float(regular + adv_gap[i]),
             "token/eos_advantage_mean": float(eos_adv[i]), "token/teacher_logp_mean": float(teacher[i]),
             "token/student_logp_mean": float(student[i]),

@@ -19,6 +19,7 @@ from opdwatch.detector.policy import Decision, InterventionPolicy
 from opdwatch.detector.settings import DetectorSettings, PolicySettings
 from opdwatch.errors import OpdwatchError
 from opdwatch.reader import Run
+from opdwatch.series import rollout_aggregates
 
 COLLAPSE_TRUNCATION = 0.5  # the benchmark's definition: first step whose truncation rate reaches this
 
@@ -121,8 +122,6 @@ def train_rows(run: Run) -> list[tuple[int, dict[str, float]]]:
     steps = run.steps("train").collect()
     missing = [c for c in BACKFILL_FROM_ROLLOUTS if c not in steps.columns]
     if missing and steps.height:
-        from opdwatch.series import rollout_aggregates
-
         extra = rollout_aggregates(run, phase="train").select("step", *missing)
         steps = steps.join(extra.with_columns(pl.col("step").cast(steps.schema["step"])), on="step", how="left")
     return steps_to_rows(steps)

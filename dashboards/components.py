@@ -13,7 +13,10 @@ from urllib.parse import urlencode
 
 from dash import dcc, html
 
+from opdwatch.errors import OpdwatchError
+
 REFRESH_MS = 2000  # default live-update period of the run and compare views
+ERROR_CHARS = 200  # a run's error as shown in a list: one short line
 
 
 def href(path: str, **query: Any) -> str:
@@ -66,3 +69,22 @@ def event_line(event: dict[str, Any] | None) -> str:
 def graph(id: str, figure: Any = None) -> dcc.Graph:  # noqa: A002
     return dcc.Graph(id=id, figure=figure or {}, config={"displaylogo": False},
                      className="opd-graph")
+
+
+def query_value(value: Any, key: str) -> str | None:
+    """One URL query value as text. Dash hands a key given twice (``?step=1&step=2``) to the page as a
+    list, and a callback may be sent anything: both are refused with a one-line OpdwatchError."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        raise OpdwatchError(f"{key} is given {len(value)} times in the URL")
+    raise OpdwatchError(f"{key} must be text, got {type(value).__name__}")
+
+
+def short_error(exc: BaseException) -> str:
+    """An exception as one short line for a table cell: the message of an OpdwatchError, else the
+    exception type and the first line of its message (the full traceback goes to the server log)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if not isinstance(exc, OpdwatchError):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "\u2026"

@@ -3,7 +3,9 @@
 Pages never open files themselves: they ask :func:`registry` (the app's :class:`Registry`, stored in
 the Flask app so that several apps in one process stay apart) for a run by its root-relative name, which
 goes through :func:`opdwatch.live.resolve_run` (nothing outside RUNS_ROOT can be named) and ticks the
-run's :class:`opdwatch.live.LiveRun` so the caller sees what was written since the last request.
+run's :class:`opdwatch.live.LiveRun` so the caller sees what was written since the last request. The
+LiveRun is opened with ``root=`` RUNS_ROOT: a file of the run that resolves outside the root (a symlinked
+``rollouts/`` pointing at another run) is skipped, not served.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ T = TypeVar("T")
 class Watched:
     """A live run plus an online detector fed with its train steps as they arrive."""
 
-    name: str
+    name: str  # canonical: the resolved run path relative to the resolved root, as list_runs names it
     live: LiveRun
     detector: Detector
     detector_state: DetectorState | None = None
@@ -100,8 +102,11 @@ class Registry:
         with self._lock:
             watched = self._runs.get(path)
         if watched is None:
+            # Labelled by its resolved path, not by the name asked for: the same run reached through an
+            # alias (a symlink in the root, "a/./b") must not be labelled by whichever name came first.
+            canonical = path.relative_to(self.root).as_posix()
             # The cold load happens outside the lock so that other runs stay reachable meanwhile.
-            fresh = Watched(name=name, live=LiveRun(path), detector=Detector())
+            fresh = Watched(name=canonical, live=LiveRun(path, root=self.root), detector=Detector())
             fresh._feed_detector()
             with self._lock:
                 watched = self._runs.setdefault(path, fresh)

@@ -12,7 +12,7 @@ import polars as pl
 
 from opdwatch.errors import OpdwatchError
 from opdwatch.format import ROLLOUT_SCHEMA, TOKEN_SCHEMA
-from opdwatch.reader import Run
+from opdwatch.reader import Run, scan_files
 
 _ROLLOUT_COLUMNS = ("step", "rank", "rollout", "phase", "num_tokens", "finish_reason", "zlib_tail_ratio",
                     "seq_rep_n", "loop_onset", "advantage_mean", "repetitive_token_share", "tokens_recorded", "text")
@@ -25,9 +25,7 @@ def first_repetitive_rollouts(run: Run, *, n: int = 5, phase: str = "train") -> 
     files = [p.path for p in run.parts("rollouts") if p.phase == phase]
     if not files:
         return pl.DataFrame(schema={c: _ROLLOUTS[c] for c in _ROLLOUT_COLUMNS})
-    scan = pl.scan_parquet(files, schema=_ROLLOUTS, hive_partitioning=False, missing_columns="insert",
-                           extra_columns="ignore")
-    return (scan.filter(pl.col("repetitive")).select(_ROLLOUT_COLUMNS)
+    return (scan_files(files, _ROLLOUTS).filter(pl.col("repetitive")).select(_ROLLOUT_COLUMNS)
             .sort("step", "rank", "rollout").head(n).collect())
 
 
@@ -40,14 +38,12 @@ def rollout_tokens(run: Run, *, step: int, rollout: int, rank: int = 0, phase: s
     where = f"step {step}, rank {rank}, {phase} rollout {rollout}"
     if not rollout_files:
         raise OpdwatchError(f"{run.path}: no {phase} rollouts recorded at step {step} rank {rank}")
-    texts = (pl.scan_parquet(rollout_files, schema=_ROLLOUTS, hive_partitioning=False, missing_columns="insert",
-                             extra_columns="ignore").filter(pl.col("rollout") == rollout).select("text").collect())
+    texts = scan_files(rollout_files, _ROLLOUTS).filter(pl.col("rollout") == rollout).select("text").collect()
     if texts.height == 0:
         raise OpdwatchError(f"{run.path}: no rollout at {where}")
     tokens = pl.DataFrame(schema=_TOKENS)
     if token_files:
-        tokens = (pl.scan_parquet(token_files, schema=_TOKENS, hive_partitioning=False, missing_columns="insert",
-                                  extra_columns="ignore").filter(pl.col("rollout") == rollout).collect())
+        tokens = scan_files(token_files, _TOKENS).filter(pl.col("rollout") == rollout).collect()
     if tokens.height == 0:
         raise OpdwatchError(f"{run.path}: token rows of {where} were not recorded (thinned or no log-probs)")
     return with_token_text(tokens.sort("position"), texts["text"][0] or "")

@@ -25,20 +25,34 @@ from __future__ import annotations
 import json
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow.parquet as pq
 
 from opdwatch.errors import OpdwatchError
-from opdwatch.format import EVENTS_DIR, MANIFEST, TABLES, parse_part
-from opdwatch.manifest import read_manifest
+from opdwatch.format import MANIFEST, TABLES
 
 # The reader's schema-tolerant scan and table schemas, shared on purpose so that a drill-down frame
-# is exactly what Run.rollouts()/Run.tokens() would give.
-from opdwatch.reader import _PL_SCHEMAS, Part, _scan, read_events, read_steps
+# is exactly what Run.rollouts()/Run.tokens() would give; its listing and footer checks too, so a file
+# that Run skips (with a warning) is skipped here the same way.
+from opdwatch.reader import (
+    _PL_SCHEMAS,
+    Part,
+    RunReadWarning,
+    _scan,
+    _why,
+    events_files,
+    read_events,
+    read_part,
+    read_run_manifest,
+    read_steps,
+    step_dirs,
+    step_files,
+)
+from opdwatch.web_paths import confine, inside, runs_root
 
 # The recorder keeps merging late metrics into the two steps before its newest (Recorder._forget_before),
 # so those step files can still be rewritten after we have read them.
@@ -72,10 +86,10 @@ def resolve_run(root: str | Path, name: str | None) -> Path:
     except (OSError, RuntimeError):  # missing, or a symlink loop
         raise OpdwatchError(f"{name!r}: no such run") from None
     # resolve() followed every symlink, so this also refuses links that point out of the root
-    if not target.is_relative_to(base) or not target.is_dir():
+    if not inside(target, base) or not target.is_dir():
         raise OpdwatchError(f"{name!r}: not a run under the runs root")
     manifest = target / MANIFEST
-    if not manifest.is_file() or not manifest.resolve().is_relative_to(base):
+    if not manifest.is_file() or not inside(manifest, base):
         raise OpdwatchError(f"{name!r}: not an opdwatch run (no {MANIFEST})")
     return target
 
@@ -131,14 +145,19 @@ class LiveRun:
     rows into the cached frame; the result equals ``step_series(open_run(path))``.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, root: str | Path | None = None) -> None:
         self.path = Path(path)
+        # root: files whose resolved path leaves it are skipped (see _confined); None reads what is there
+        self.root = None if root is None else runs_root(root)
+        self._refused: set[Path] = set()
+        if self.root is not None:
+            confine(self.path / MANIFEST, self.root)
         self._lock = threading.RLock()
         self._reset()
         self.tick()
 
     def _reset(self) -> None:
-        self.manifest: dict[str, Any] = read_manifest(self.path)  # validates the run (one-line error)
+        self.manifest: dict[str, Any] = read_run_manifest(self.path)  # validates the run (one-line error)
         self._manifest_sig: tuple[int, int] | None = None
         # table -> step -> {file: Part}, and the (size, mtime) signature each Part was read at
         self._parts: dict[str, dict[int, dict[Path, Part]]] = {t: {} for t in TABLES}
@@ -176,11 +195,14 @@ class LiveRun:
             return TickResult(new_steps=new_steps, changed=changed, reloaded=False)
 
     def _read_manifest(self) -> bool:
-        st = (self.path / MANIFEST).stat()
+        try:
+            st = (self.path / MANIFEST).stat()
+        except PermissionError:  # the run directory's permissions changed while we follow it
+            raise OpdwatchError(f"{self.path}: permission denied") from None
         sig = (st.st_size, st.st_mtime_ns)
         if sig == self._manifest_sig:
             return False
-        self.manifest = read_manifest(self.path)
+        self.manifest = read_run_manifest(self.path)
         self._manifest_sig = sig
         return True
 
@@ -195,19 +217,22 @@ class LiveRun:
         dirty: set[int] = set()
         for table in TABLES:
             known = self._parts[table]
-            listed = dict(_step_dirs(self.path / table, since))
+            listed = self._confined(dict(_step_dirs(self.path / table, since)))
             for step, directory in listed.items():
-                files = _step_dir_files(directory)
+                files = self._confined(_step_dir_files(directory))
                 old = known.get(step, {})
-                if old.keys() == files.keys() and all(self._sigs.get(f) == sig for f, sig in files.items()):
+                # unchanged: no file gone, and every file (kept or skipped) at the version seen before
+                if old.keys() <= files.keys() and all(self._sigs.get(f) == sig for f, sig in files.items()):
                     continue
                 dirty.add(step)
                 parts = {}
                 for f, sig in files.items():
-                    part = old.get(f) if self._sigs.get(f) == sig else _part(f, step)
+                    part = old.get(f) if self._sigs.get(f) == sig else read_part(f, table)
+                    # a skipped file's version is remembered too: it is re-read (and re-warned) only
+                    # when it changes, not on every tick
+                    self._sigs[f] = sig
                     if part is not None:
                         parts[f] = part
-                        self._sigs[f] = sig
                 known[step] = parts
             for step in [s for s in known if since is not None and s >= since and s not in listed]:
                 dirty.add(step)
@@ -227,23 +252,23 @@ class LiveRun:
 
     def _read_new_events(self) -> tuple[bool, bool]:
         """Append complete new lines of each events file; (changed, reload needed)."""
-        directory = self.path / EVENTS_DIR
         rows: list[dict[str, Any]] = []
-        try:
-            paths = sorted(p for p in directory.iterdir()
-                           if p.name.startswith("rank=") and p.suffix == ".jsonl")
-        except FileNotFoundError:
-            paths = []
+        paths = list(self._confined(dict.fromkeys(events_files(self.path))))
         for path in paths:
-            st = path.stat()
-            inode, offset = self._event_pos.get(path, (st.st_ino, 0))
-            if inode != st.st_ino or st.st_size < offset:
-                return False, True  # replaced or cut (a Recorder resume rewrites it): history changed
-            if st.st_size == offset:
+            try:  # a FileNotFoundError goes up to tick(): the file was replaced, reload
+                st = path.stat()
+                inode, offset = self._event_pos.get(path, (st.st_ino, 0))
+                if inode != st.st_ino or st.st_size < offset:
+                    return False, True  # replaced or cut (a Recorder resume rewrites it): history changed
+                if st.st_size == offset:
+                    continue
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    chunk = fh.read(st.st_size - offset)
+            except PermissionError as exc:  # skipped like Run.events() skips it; tried again next tick
+                warnings.warn(f"{path}: skipped unreadable events file ({_why(exc)})", RunReadWarning,
+                              stacklevel=2)
                 continue
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                chunk = fh.read(st.st_size - offset)
             end = chunk.rfind(b"\n") + 1  # a torn last line waits for the next tick
             for line in chunk[:end].decode("utf-8", errors="replace").splitlines():
                 row = _event_row(line)
@@ -257,6 +282,22 @@ class LiveRun:
         fresh = pl.DataFrame(rows, schema=EVENT_SCHEMA, orient="row")
         self._events = pl.concat([self._events, fresh]).sort("time", maintain_order=True)
         return True, False
+
+    def _confined(self, found: dict[Any, Any]) -> dict[Any, Any]:
+        """``found`` (keys or values are the listed paths) without what resolves outside ``root``: a run
+        inside the root whose ``rollouts/``, a step folder or a file links to another run must not serve
+        that run's data. Each refused path is warned about once."""
+        if self.root is None:
+            return found
+        kept = {}
+        for key, value in found.items():
+            path = key if isinstance(key, Path) else value
+            if inside(path, self.root):
+                kept[key] = value
+            elif path not in self._refused:
+                self._refused.add(path)
+                warnings.warn(f"{path}: skipped, it resolves outside the runs root", RunReadWarning, stacklevel=2)
+        return kept
 
     # ---------------------------------------------------------------------------------- views
     def steps(self, phase: str | None = None) -> pl.DataFrame:
@@ -403,48 +444,11 @@ def _splice(cached: pl.DataFrame, fresh: pl.DataFrame, steps: list[int], *,
 
 def _step_dirs(table_dir: Path, since: int | None) -> list[tuple[int, Path]]:
     """(step, directory) of a table's step partitions, oldest first; only those >= ``since``."""
-    out = []
-    try:
-        entries = os.scandir(table_dir)
-    except FileNotFoundError:
-        return []
-    with entries:
-        for e in entries:
-            if not e.name.startswith("step="):
-                continue
-            try:
-                step = int(e.name[5:])
-            except ValueError:
-                continue
-            if since is None or step >= since:
-                out.append((step, Path(e.path)))
-    out.sort()
-    return out
+    return step_dirs(table_dir, since)  # an unreadable directory is skipped with a RunReadWarning
 
 
 def _step_dir_files(directory: Path) -> dict[Path, tuple[int, int]]:
-    files: dict[Path, tuple[int, int]] = {}
-    for rank_dir in directory.iterdir():
-        if not rank_dir.name.startswith("rank="):
-            continue
-        for f in rank_dir.iterdir():
-            if f.suffix == ".parquet" and not f.name.startswith((".", "_")):
-                st = f.stat()
-                files[f] = (st.st_size, st.st_mtime_ns)
-    return files
-
-
-def _part(path: Path, step: int) -> Part | None:
-    """A Part for ``path`` (its footer read once per file version), or None for an unreadable file, which
-    is skipped as :class:`opdwatch.reader.Run` skips it."""
-    parsed = parse_part(path)
-    if parsed is None:
-        return None
-    try:
-        meta = pq.read_metadata(path)
-    except Exception:  # noqa: BLE001 - any unreadable file is skipped the same way
-        return None
-    return Part(path, step, parsed[1], parsed[2].split("-")[0], tuple(meta.schema.names), meta.num_rows)
+    return step_files(directory)  # (size, mtime_ns) per file; unreadable rank dirs/files are warned about
 
 
 def _scan_parts(parts: list[Part], table: str) -> pl.LazyFrame:

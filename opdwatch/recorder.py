@@ -96,7 +96,8 @@ class Recorder:
 
         A new run needs an empty or missing directory. ``resume_from_step=N`` reopens an existing run and
         drops this rank's records of steps after N (they will be recorded again), so a resumed run has
-        no duplicated or missing steps.
+        no duplicated or missing steps. Either way, temp files that killed writers of this rank left
+        behind are removed (never those of a live process).
         """
         settings = settings or RecorderSettings()
         settings.validate()
@@ -109,6 +110,7 @@ class Recorder:
                 raise OpdwatchError(f"{run_dir}: a run is already recorded here (resume it or choose a new directory)")
             if rank == 0:
                 run_dir.mkdir(parents=True, exist_ok=True)
+                run_dir_ops.sweep_stale_temps(run_dir, rank)  # e.g. a first manifest write that was killed
                 manifest = new_manifest(run_id=run_id or f"{run_dir.name}-{uuid.uuid4().hex[:8]}",
                                         config=config or {}, tokenizer=tok,
                                         recorder_settings=asdict(settings), world_size=world_size)
@@ -116,8 +118,10 @@ class Recorder:
                 write_manifest(run_dir, manifest)
             else:  # other ranks wait for rank 0's manifest rather than racing it
                 manifest = run_dir_ops.wait_for_manifest(run_dir)
+                run_dir_ops.sweep_stale_temps(run_dir, rank)
         else:
             manifest = read_manifest(run_dir)
+            run_dir_ops.sweep_stale_temps(run_dir, rank)  # before drop_after: partitions it empties go whole
             run_dir_ops.drop_after(run_dir, rank, resume_from_step)
             if rank == 0:
                 manifest.update(status="running", last_step=resume_from_step, pid=os.getpid())

@@ -30,7 +30,7 @@ from typing import Any
 import polars as pl
 
 from opdwatch.format import ROLLOUT_SCHEMA, TOKEN_SCHEMA
-from opdwatch.reader import Part, Run
+from opdwatch.reader import Part, Run, scan_files
 
 # Columns computed here from the token table (train phase), in display order.
 TOKEN_SERIES = (
@@ -160,9 +160,7 @@ def token_aggregates(parts: list[Part], *, progress: Progress | None = None) -> 
         return pl.DataFrame(schema=schema)
     out, done = [], 0
     for batch in _batches(sorted(by_step.items()), total):
-        queries = [token_query(pl.scan_parquet([p.path for p in files], schema=_TOKEN_PL_SCHEMA,
-                                               hive_partitioning=False, missing_columns="insert",
-                                               extra_columns="ignore"))
+        queries = [token_query(scan_files([p.path for p in files], _TOKEN_PL_SCHEMA))
                    .with_columns(pl.lit(step, dtype=pl.Int64).alias("step")) for step, files in batch]
         out.append(pl.concat(queries).collect(engine="streaming"))
         done += sum(p.num_rows for _, files in batch for p in files)
@@ -249,8 +247,7 @@ def _scan_rollouts(run: Run, phase: str) -> pl.LazyFrame:
     files = [p.path for p in run.parts("rollouts") if p.phase == phase]
     if not files:
         return pl.LazyFrame(schema=_ROLLOUT_PL_SCHEMA)
-    return pl.scan_parquet(files, schema=_ROLLOUT_PL_SCHEMA, hive_partitioning=False,
-                           missing_columns="insert", extra_columns="ignore")
+    return scan_files(files, _ROLLOUT_PL_SCHEMA)
 
 
 def _metric_rows(metrics: pl.DataFrame, phase: str, *, prefix: str) -> pl.DataFrame:

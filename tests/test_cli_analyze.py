@@ -1,4 +1,5 @@
-"""`opdwatch analyze` in-process: summary table, --json, --out, live runs, and one-line errors (exit 2)."""
+"""`opdwatch analyze` in-process: summary table, --json (no report file unless --out), --out, live runs, and
+one-line errors (exit 2)."""
 
 from __future__ import annotations
 
@@ -28,12 +29,22 @@ def test_table_and_report(runs, tmp_path: Path, capsys) -> None:
 
 def test_json(runs, tmp_path: Path, capsys) -> None:
     assert main(["analyze", str(runs[0]), str(runs[1]), "--json", "--out", str(tmp_path)]) == 0
-    data = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    data = json.loads(out)
+    assert err.strip() == f"report: {tmp_path / 'report.html'}"  # stdout is only the JSON
     opd, stable = data["runs"]
     assert opd["verdict"] == "collapsed" and abs(opd["onset_step"] - 10) <= 2
     assert stable["verdict"] == "healthy" and stable["onset_step"] is None
     assert opd["steps"] == 20 and opd["latest"]["rollout/truncation_rate"]["step"] == 20
     assert data["report"] == str(tmp_path / "report.html") and Path(data["report"]).exists()
+    assert data["nonfinite"] == []
+
+
+def test_json_writes_no_report_without_out(runs, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["analyze", str(runs[0]), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["report"] is None and err == "" and list(tmp_path.iterdir()) == []
 
 
 def test_run_still_being_written(tmp_path: Path, capsys) -> None:

@@ -95,3 +95,50 @@ def test_token_view_escapes_generated_markup() -> None:
     assert fig.data[0].y[2] == 1  # the newline token ends the first line
     with pytest.raises(ValueError, match="lack columns"):
         plots.fig_token_view(tokens.drop("advantage"))
+
+
+def _browser_values(value):
+    """A figure array as the browser gets it: plotly ships numpy arrays as typed-array specs
+    ({dtype, bdata, shape}) or, when no typed array fits the values, as plain JSON numbers."""
+    import base64
+
+    import numpy as np
+
+    if isinstance(value, dict) and "bdata" in value:
+        dtypes = {"i1": np.int8, "u1": np.uint8, "i2": np.int16, "u2": np.uint16, "i4": np.int32,
+                  "u4": np.uint32, "f4": np.float32, "f8": np.float64}
+        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=dtypes[value["dtype"]])
+        return arr.reshape(-1, 1).tolist() if "shape" in value else arr.tolist()
+    return value
+
+
+BIG_STEP = 10**15  # beyond int32 (a wrapped cast drew it at -1530494976), exact as a float64 (< 2**53)
+
+
+@pytest.mark.parametrize("fn", STEP_FIGURES)
+def test_steps_beyond_int32_are_drawn_at_their_step(fn) -> None:
+    import json
+
+    from dash._utils import to_json  # what the dashboard sends to the browser
+
+    frame = pl.DataFrame({"step": [3, BIG_STEP]}).with_columns(
+        *[pl.lit(0.5).alias(c) for c in ("rollout/truncation_rate", "token/student_logp_mean",
+                                         "token/adv_repetitive_mean", "token/advantage_mean")])
+    fig = fn({"r": frame})
+    drawn = [t for t in fig.data if len(t.x)]
+    assert drawn
+    for trace in drawn:
+        assert list(trace.x) == [3, BIG_STEP]
+        assert [c[0] for c in trace.customdata] == [3, BIG_STEP]
+    sent = json.loads(to_json(fig))["data"]
+    for trace in (t for t in sent if t.get("x") is not None and len(_browser_values(t["x"]))):
+        assert _browser_values(trace["x"]) == [3, BIG_STEP]
+        assert [c[0] for c in _browser_values(trace["customdata"])] == [3, BIG_STEP]
+
+
+def test_length_distribution_keeps_big_steps() -> None:
+    lengths = pl.DataFrame({"step": [1, 1, BIG_STEP], "num_tokens": [4, 8, 12]})
+    fig = plots.fig_length_distribution(lengths)
+    for trace in fig.data:
+        assert list(trace.x) == [1, BIG_STEP]
+    assert [c[0] for c in fig.data[1].customdata] == [1, BIG_STEP]

@@ -9,10 +9,10 @@ from trainer.demo import run_demo
 from trainer.loop import train
 
 
-def train_main(config_path: str, overrides: list[str], resume: bool) -> Path:
-    """`opdwatch train CONFIG [key=value ...] [--resume]`: returns the run directory."""
+def train_main(config_path: str, overrides: list[str], resume: bool, *, overwrite: bool = False) -> Path:
+    """`opdwatch train CONFIG [key=value ...] [--resume | --overwrite]`: returns the run directory."""
     config = load_config(config_path, overrides)  # validated before any model loads
-    return train(config, resume=resume)
+    return train(config, resume=resume, overwrite=overwrite)
 
 
 # `opdwatch demo [--output-dir D] [--seed N] [--threads N] [--steps N] [--cache-dir D] [key=value]`

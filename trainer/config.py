@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -211,13 +212,13 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     """Instantiate dataclass `cls` from a nested dict, checking keys and coercing scalar types."""
     if not isinstance(data, dict):
         raise OpdwatchError(
-            f"config section {where or 'root'!r} must be a mapping, got {type(data).__name__}"
+            f"config section {where.rstrip('.') or 'root'!r} must be a mapping, got {type(data).__name__}"
         )
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     for key in data:
-        if key not in known:
-            raise OpdwatchError(f"unknown config key {where + key!r} (known: {', '.join(sorted(known))})")
+        if key not in known:  # f-string, not +: YAML reads a key such as 1 or null as a non-string
+            raise OpdwatchError(f"unknown config key {f'{where}{key}'!r} (known: {', '.join(sorted(known))})")
     kwargs = {}
     for f in fields(cls):
         if f.name not in data:
@@ -286,17 +287,30 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML preset (or defaults when `path` is None), apply overrides, validate."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        path = resolve_preset(path)
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise OpdwatchError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    tree = {} if path is None else read_yaml(resolve_preset(path))
     tree = _merge(tree, parse_overrides(overrides or []))
     config = _build(TrainConfig, tree, "")
     validate(config)
     return config
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping of sections in a YAML config file; an empty file (or only comments) is ``{}``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:  # a directory, unreadable, not text
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise OpdwatchError(f"config file {path}: cannot be read ({reason})") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise OpdwatchError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):  # not `or {}`: a file holding 0 or false is a mistake, not "no config"
+        raise OpdwatchError(f"config file {path}: the top level must be a mapping of sections (run:, opd:, ...), "
+                            f"got {type(tree).__name__}")
+    return tree
 
 
 PRESETS_DIR = Path(__file__).parent / "configs"
@@ -327,10 +341,32 @@ def _check(ok: bool, message: str) -> None:
         raise OpdwatchError(message)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_strings(tree: dict[str, Any], where: str = "") -> None:
+    """A NUL cannot be in a path (the OS refuses it, Python raises ValueError deep in the run): say which field."""
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            _check_strings(value, f"{where}{key}.")
+        elif isinstance(value, str):
+            _check("\x00" not in value, f"{where}{key}={value!r}: contains a NUL character")
+
+
+def _check_run_name(name: str) -> None:
+    # run_dir is output_dir / name: anything but one plain component would put the run elsewhere ("..": into
+    # the parent of output_dir) or hide it from the readers (a leading dot marks temp and hidden files)
+    plain = (bool(name.strip()) and not name.startswith(".") and "/" not in name and "\\" not in name
+             and not _CONTROL.search(name))
+    _check(plain, f"run.name={name!r}: must be one directory name under run.output_dir (not empty, no / or \\, "
+                  "no control characters, not starting with '.')")
+
+
 def validate(c: TrainConfig) -> None:
     """Reject values that would fail (or silently do nothing) later, before any model is loaded."""
+    _check_strings(config_to_dict(c))
     c.watch.validate()  # one-line OpdwatchError on a bad watch.* value
-    _check(bool(c.run.name) and "/" not in c.run.name, f"run.name={c.run.name!r}: must be a non-empty name")
+    _check_run_name(c.run.name)
     _check(c.run.threads >= 1, f"run.threads={c.run.threads}: must be >= 1")
     _check(
         c.data.source == "synthetic" or Path(c.data.source).exists(),

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from opdwatch.terminal import console as make_console
+from opdwatch.terminal import shown
 from trainer.config import TrainConfig, load_config
 from trainer.demo_teacher import ensure_demo_model
 from trainer.loop import train
@@ -49,7 +51,7 @@ def run_demo(
     console: Console | None = None,
 ) -> tuple[Path, Path]:
     """Run the demo pair; returns (plain OPD run dir, Stable-OPD run dir)."""
-    console = console or Console()
+    console = console or make_console()
     out = Path(output_dir) if output_dir else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     configs = demo_configs(
         output_dir=out,
@@ -63,14 +65,15 @@ def run_demo(
     for role in ("teacher", "student"):
         console.print(f"[bold]demo {role}[/]: preparing (cached after the first run)")
         path = ensure_demo_model(configs[0], role)
-        console.print(f"  {path}")
+        console.print(f"  {shown(path)}", soft_wrap=True)  # paths and names are data, not rich markup
     runs = []
     for config in configs:
         console.print(
-            f"[bold]{config.run.name}[/]: beta={config.opd.beta:g} alpha={config.opd.alpha:g}, "
+            f"[bold]{shown(config.run.name)}[/]: beta={config.opd.beta:g} alpha={config.opd.alpha:g}, "
             f"{config.opd.steps} steps"
         )
         runs.append(train(config))
-    console.print(f"\nDone in {time.perf_counter() - t0:.0f} s. Runs:\n  {runs[0]}\n  {runs[1]}", soft_wrap=True)
-    console.print(f"Compare them with:\n  opdwatch analyze {runs[0]} {runs[1]}", soft_wrap=True)  # copy-pastable
+    a, b = shown(runs[0]), shown(runs[1])
+    console.print(f"\nDone in {time.perf_counter() - t0:.0f} s. Runs:\n  {a}\n  {b}", soft_wrap=True)
+    console.print(f"Compare them with:\n  opdwatch analyze {a} {b}", soft_wrap=True)  # copy-pastable
     return runs[0], runs[1]

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from opdwatch.atomic import remove_stale_temps
 from trainer.config import DataConfig, TinyModelConfig, TrainConfig
 from trainer.data import Example, make_splits
 from trainer.models import save_model_dir, tiny_llama
@@ -156,7 +157,9 @@ def ensure_demo_model(config: TrainConfig, role: str) -> Path:
     if (final / "config.json").exists():
         return final
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{role}-", dir=root))  # hidden, renamed into place when complete
+    remove_stale_temps(root)  # builds of killed processes (their pid is in the name; live ones are kept)
+    # hidden, renamed into place when complete
+    tmp = Path(tempfile.mkdtemp(prefix=f".{role}.tmp-{os.getpid()}-", dir=root))
     try:
         with torch_threads(BUILD_THREADS):
             build_demo_model(role, tiny, config.data, tmp, config.run.progress)

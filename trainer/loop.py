@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,8 +27,9 @@ from tqdm.auto import tqdm
 from opdwatch import aggregates
 from opdwatch.detector.settings import WatchConfig
 from opdwatch.errors import OpdwatchError
+from opdwatch.format import EVENTS_DIR, MANIFEST, TABLES
 from opdwatch.recorder import Recorder, RecorderSettings
-from trainer.checkpoint import load_latest, save_checkpoint
+from trainer.checkpoint import CHECKPOINTS, load_latest, save_checkpoint
 from trainer.components import Components, build_components, tokenizer_info
 from trainer.config import TrainConfig, config_to_dict
 from trainer.controller import Controller
@@ -67,10 +70,14 @@ def train(
     config: TrainConfig,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     controller: Controller | None = None,
     on_step: StepHook | None = None,
 ) -> Path:
     """Run (or resume) OPD as configured; returns the run directory.
+
+    A run already recorded in the run directory is refused, unless `resume` (continue from its latest checkpoint;
+    one that stopped before its first checkpoint starts again from scratch) or `overwrite` (replace it).
 
     Under `torchrun` every rank runs this function (data parallel, trainer.distributed, docs/scale.md): rank 0
     owns the manifest, step metrics, validation, events and checkpoints; every rank records its own rollouts.
@@ -79,14 +86,14 @@ def train(
     torch.set_num_threads(config.run.threads)
     torch.manual_seed(config.run.seed)
     run_dir = config.run_dir
-    ckpt = load_latest(run_dir) if resume else None
-    if resume and ckpt is None:
-        raise OpdwatchError(f"{run_dir}: no checkpoint to resume from")
-    if not resume and (run_dir / "manifest.json").exists():  # fail before any model is loaded or trained
-        raise OpdwatchError(f"{run_dir}: a run is already recorded here (resume it or choose a new run.name)")
+    ckpt, start_over = continue_from(run_dir, resume=resume, overwrite=overwrite, env=env)  # before models load
+    # every rank has looked at the run directory before rank 0 may empty it below
+    start_over = broadcast_object(start_over, env)
 
     with main_first(env):  # rank 0 builds and caches demo models before the other ranks load them
         parts = build_components(config)
+        if start_over and env.is_main:  # after the models loaded: a config that fails to load loses nothing
+            drop_recorded(run_dir)
     if ckpt is None:
         sft_warmup(config, parts)  # on the full student: every rank runs the same warm-up
     if config.distributed.fsdp:  # shard after the warm-up; rollouts then sample from an unsharded copy
@@ -162,6 +169,45 @@ def train(
     rec.close("finished")
     shutdown(env)
     return run_dir
+
+
+def continue_from(run_dir: Path, *, resume: bool, overwrite: bool, env: DistEnv = SINGLE) -> tuple[dict | None, bool]:
+    """The checkpoint to continue from, and whether the run recorded in `run_dir` is to be dropped first.
+
+    Refusals name the way forward. A run killed before its first checkpoint has nothing to continue from, so
+    `--resume` starts it again from scratch (it would otherwise be stuck: a fresh start refuses a recorded run).
+    """
+    if resume and overwrite:
+        raise OpdwatchError("--resume and --overwrite exclude each other")
+    recorded = (run_dir / MANIFEST).exists()
+    if overwrite:
+        return None, recorded
+    if not resume:
+        if recorded:
+            raise OpdwatchError(f"{run_dir}: a run is already recorded here: --resume continues it (from its latest "
+                                "checkpoint, or from scratch if it has none), --overwrite replaces it, or choose a "
+                                "new run.name")
+        return None, False
+    ckpt = load_latest(run_dir)
+    if ckpt is not None:
+        return ckpt, False
+    if not recorded:
+        raise OpdwatchError(f"{run_dir}: no run is recorded here to resume: start it without --resume")
+    if env.is_main:
+        warnings.warn(f"{run_dir}: no checkpoint to resume from (the run stopped before its first one): starting "
+                      "it again from scratch and dropping what it recorded", UserWarning, stacklevel=2)
+    return None, True
+
+
+def drop_recorded(run_dir: Path) -> None:
+    """Delete what opdwatch recorded in `run_dir` (tables, events, checkpoints, manifest) and nothing else."""
+    for name in (*TABLES, EVENTS_DIR, CHECKPOINTS):
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    (run_dir / MANIFEST).unlink(missing_ok=True)  # last: a drop cut short still looks recorded, so is redone
 
 
 def record_interventions(rec: Recorder, controller: Controller, env: DistEnv = SINGLE) -> None:

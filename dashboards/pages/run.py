@@ -16,7 +16,7 @@ from dash import Input, Output, Patch, State, callback, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 from flask import current_app
 
-from dashboards.components import event_line, fmt, graph, href, refused, table, tokens_href
+from dashboards.components import event_line, fmt, graph, href, query_value, refused, table, tokens_href
 from dashboards.state import ALERT_KINDS, Watched, registry
 from opdwatch.errors import OpdwatchError
 from opdwatch.plots import (
@@ -41,13 +41,16 @@ STEP_FIGURES = (
 LENGTH_FIGURE = "run-fig-lengths"
 GRAPH_IDS = tuple(i for i, _ in STEP_FIGURES) + (LENGTH_FIGURE,)
 EVENTS_SHOWN = 20
+# Steps reach the browser as JSON numbers (float64): integers beyond 2**53 cannot be told apart there.
+MAX_EXACT_STEP = 2**53
 
 
 def layout(run: str | None = None, **_query: str) -> html.Div:
-    if not run:
-        return refused("no run given: open one from the run list", id="run-refused")
     try:
-        registry().get(run, tick=False)
+        run = query_value(run, "run")
+        if not run:
+            return refused("no run given: open one from the run list", id="run-refused")
+        run = registry().get(run, tick=False).name  # the canonical name, whichever alias the URL used
     except OpdwatchError as exc:
         return refused(str(exc), id="run-refused")
     return html.Div([
@@ -75,6 +78,8 @@ def layout(run: str | None = None, **_query: str) -> html.Div:
           # superseded by the next tick before its answer is shown, over and over
           running=[(Output("run-tick", "disabled"), True, False)])
 def refresh(_n: int | None, name: str, shown: dict | None) -> tuple[Any, ...]:
+    if not isinstance(shown, dict):  # the store as the browser sent it back: anything else is "nothing shown"
+        shown = None
     try:
         watched = registry().get(name)
     except OpdwatchError:
@@ -191,15 +196,31 @@ def open_step(*args: Any) -> str:
     return tokens_href(name, step=step, phase="train")
 
 
-def clicked_step(click: dict[str, Any] | None) -> int | None:
+def clicked_step(click: Any) -> int | None:  # noqa: ANN401 - clickData as the browser sent it
     """The step of a plotly click: the first ``customdata`` element (the shared figures put it there),
-    else the x value."""
-    if not click or not click.get("points"):
+    else the x value. None for anything that is not a whole step number (a malformed or forged click, a
+    fractional x, a value beyond what a browser holds exactly): no step is better than a wrong one."""
+    points = click.get("points") if isinstance(click, dict) else None
+    if not isinstance(points, list) or not points or not isinstance(points[0], dict):
         return None
-    point = click["points"][0]
+    point = points[0]
     custom = point.get("customdata")
     value = custom[0] if isinstance(custom, list) and custom else custom if custom is not None else point.get("x")
-    try:
-        return int(value)
-    except (TypeError, ValueError):
+    return _step_number(value)
+
+
+def _step_number(value: Any) -> int | None:  # noqa: ANN401
+    if isinstance(value, bool):
         return None
+    if isinstance(value, float):
+        if not value.is_integer():
+            return None
+        value = int(value)
+    elif isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            return None
+    if not isinstance(value, int) or abs(value) > MAX_EXACT_STEP:
+        return None
+    return value

@@ -1,13 +1,18 @@
-"""Run list (``/``): every run under RUNS_ROOT with its status, step, verdict and last alert."""
+"""Run list (``/``): every run under RUNS_ROOT with its status, step, verdict and last alert.
+
+One run that cannot be read (a garbage manifest, a file of the wrong type, any exception) gets a row with
+a short error; the other runs are listed as usual.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 
 import dash
 from dash import Input, Output, callback, dcc, html
 
-from dashboards.components import event_line, fmt, href, run_href, table
+from dashboards.components import event_line, fmt, href, run_href, short_error, table
 from dashboards.state import Watched, registry
 from opdwatch.errors import OpdwatchError
 from opdwatch.summary import STALE_AFTER_S
@@ -16,6 +21,7 @@ dash.register_page(__name__, path="/", name="Runs", title="opdwatch: runs", orde
 
 COLUMNS = ("run", "status", "step", "verdict", "detector", "last alert", "updated")
 LIST_REFRESH_MS = 5000
+log = logging.getLogger(__name__)
 
 
 def layout(**_query: str) -> html.Div:
@@ -40,9 +46,16 @@ def refresh(_n: int | None) -> tuple[html.Table | html.P, str]:
 
 def run_row(reg, name: str) -> list:  # noqa: ANN001 - Registry
     try:
-        watched = reg.get(name)
+        return _row(reg.get(name))
     except OpdwatchError as exc:  # unreadable manifest, newer format: listed, not openable
-        return [name, "unreadable", "-", str(exc), "-", "-", "-"]
+        return [name, "unreadable", "-", short_error(exc), "-", "-", "-"]
+    except Exception as exc:  # noqa: BLE001 - whatever breaks in one run must not hide all the others
+        log.warning("run list: %s could not be read", name, exc_info=True)
+        return [name, "unreadable", "-", short_error(exc), "-", "-", "-"]
+
+
+def _row(watched: Watched) -> list:
+    name = watched.name
     m = watched.live.manifest
     state = watched.detector_state
     detector = html.Span(state.level, className=f"opd-level-{state.level}") if state else "-"

@@ -16,7 +16,7 @@ import polars as pl
 from dash import Input, Output, State, callback, dcc, html
 from dash.exceptions import PreventUpdate
 
-from dashboards.components import fmt, refused, run_href, table, tokens_href
+from dashboards.components import fmt, query_value, refused, run_href, table, tokens_href
 from dashboards.state import Watched, registry
 from opdwatch.errors import OpdwatchError
 from opdwatch.live import ROLLOUT_ORDERS
@@ -33,13 +33,15 @@ ROLLOUT_COLUMNS = ("rollout", "rank", "prompt", "sample", "tokens", "finish", "r
 
 def layout(run: str | None = None, step: str | None = None, phase: str | None = None, rank: str | None = None,
            rollout: str | None = None, order: str | None = None, **_query: str) -> html.Div:
-    if not run:
-        return refused("no run given: open one from the run list", id="tokens-refused")
     try:
+        run = query_value(run, "run")
+        if not run:
+            return refused("no run given: open one from the run list", id="tokens-refused")
         watched = registry().get(run)
         q = _parse(step, phase, rank, rollout, order)
     except OpdwatchError as exc:
         return refused(str(exc), id="tokens-refused")
+    run = watched.name  # the canonical name, whichever alias the URL used
     steps = watched.live.rollout_steps()
     if not steps:
         return html.Div([html.H2(f"Rollouts of {run}"), html.P("no rollouts recorded yet")], className="opd-page")
@@ -60,6 +62,7 @@ def layout(run: str | None = None, step: str | None = None, phase: str | None = 
 def _parse(step: str | None, phase: str | None, rank: str | None, rollout: str | None,
            order: str | None) -> dict[str, Any]:
     def integer(value: str | None, name: str) -> int | None:
+        value = query_value(value, name)
         if value in (None, ""):
             return None
         try:
@@ -67,10 +70,11 @@ def _parse(step: str | None, phase: str | None, rank: str | None, rollout: str |
         except ValueError:
             raise OpdwatchError(f"{name} must be an integer, got {value!r}") from None
 
-    phase = phase or "train"
+    # a key given twice reaches the page as a list: refused before it is compared with anything
+    phase = query_value(phase, "phase") or "train"
     if phase not in ("train", "val"):
         raise OpdwatchError(f"phase must be train or val, got {phase!r}")
-    order = order or "length"
+    order = query_value(order, "order") or "length"
     if order not in ROLLOUT_ORDERS:
         raise OpdwatchError(f"order must be one of {sorted(ROLLOUT_ORDERS)}, got {order!r}")
     return {"step": integer(step, "step"), "phase": phase, "rank": integer(rank, "rank"),

@@ -8,6 +8,7 @@ dash) happen inside handlers, so ``opdwatch --help`` stays fast on a laptop with
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -17,10 +18,15 @@ from typing import NoReturn
 
 from opdwatch._version import __version__
 from opdwatch.errors import OpdwatchError
+from opdwatch.terminal import plain
 
 # Subcommand modules, in the order `opdwatch --help` lists them.
 COMMANDS = ("info", "train", "demo", "analyze", "detect", "dashboard")
 EXIT_USAGE = 2
+# OS errors that say the path the user gave is the problem (not readable, not writable, not there, full disk);
+# other OS errors, and those without a path, may be bugs and stay internal errors
+_PATH_ERRNOS = {getattr(errno, name) for name in ("EACCES", "EPERM", "EROFS", "ENOENT", "ENOTDIR", "EISDIR", "EEXIST",
+                                                  "ENOSPC", "EDQUOT", "ENAMETOOLONG", "ELOOP") if hasattr(errno, name)}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,7 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    print(f"opdwatch: warning: {message}", file=sys.stderr)
+    print(f"opdwatch: warning: {plain(message)}", file=sys.stderr)
+
+
+def path_error(exc: OSError) -> str | None:
+    """``PATH: permission denied`` for an OS error about a path the user gave, else None."""
+    if exc.filename is None or exc.errno not in _PATH_ERRNOS:
+        return None
+    reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or "").lower()
+    return f"{os.fsdecode(exc.filename)}: {reason or type(exc).__name__}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,8 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _one_line_warning
     try:
         return int(args.handler(args) or 0)
-    except OpdwatchError as exc:
-        print(f"opdwatch: error: {exc}", file=sys.stderr)
+    except OpdwatchError as exc:  # plain(): a path in the message may hold a newline or an escape sequence
+        print(f"opdwatch: error: {plain(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("opdwatch: interrupted", file=sys.stderr)
@@ -67,8 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback on request
         if os.environ.get("OPDWATCH_DEBUG"):
             raise
-        print(f"opdwatch: internal error: {type(exc).__name__}: {exc} (OPDWATCH_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
+        # last line of defence: an unreadable run or an unwritable --out that no library call turned into an
+        # OpdwatchError is still the user's input at fault
+        message = path_error(exc) if isinstance(exc, OSError) else None
+        if message is not None:
+            print(f"opdwatch: error: {plain(message)}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"opdwatch: internal error: {type(exc).__name__}: {plain(exc)} (OPDWATCH_DEBUG=1 shows the "
+              "traceback)", file=sys.stderr)
         return 1
 
 

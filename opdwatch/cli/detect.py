@@ -8,22 +8,24 @@ Prints when the detector would have warned and alarmed, with the evidence, next 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from opdwatch import jsonout
 from opdwatch.detector.replay import Replay, replay
 from opdwatch.detector.settings import DetectorSettings, PolicySettings, with_overrides
 from opdwatch.errors import OpdwatchError
 from opdwatch.reader import open_run
+from opdwatch.terminal import console, shown
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("detect", help="replay a run through the early-warning detector: when would it have warned?")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--json", action="store_true", help="print the replay summary as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the replay summary as JSON (strict: see docs/run-format.md)")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="override a detector setting (repeatable), e.g. --set h=6; see docs/detector.md")
     p.add_argument("--policy", action="append", default=[], metavar="KEY=VALUE",
@@ -50,9 +52,9 @@ def handle(args: argparse.Namespace) -> int:
     run = open_run(path)
     result = replay(run, settings, policy)
     if args.json:
-        print(json.dumps({"run_id": run.run_id, "path": str(path), **result.summary()}, indent=2, default=str))
+        print(jsonout.dumps({"run_id": run.run_id, "path": str(path), **result.summary()}))
         return 0
-    _print(Console(soft_wrap=True), run.run_id, result)
+    _print(console(soft_wrap=True), run.run_id, result)
     return 0
 
 
@@ -60,23 +62,24 @@ def _fmt(step: int | None) -> str:
     return "never" if step is None else f"step {step}"
 
 
-def _print(console: Console, run_id: str, r: Replay) -> None:
-    console.print(f"[bold]{run_id}[/]: replayed {r.frame.height} train steps "
-                  f"(detector warm-up: the first {r.warmup_steps} steps)")
-    console.print(f"first warning: [yellow]{_fmt(r.first_warning)}[/]   first alarm: [red]{_fmt(r.first_alarm)}[/]"
-                  f"   collapse (truncation >= 0.5): {_fmt(r.collapse_step)}")
+def _print(out: Console, run_id: str, r: Replay) -> None:
+    # the run id, reasons and evidence come from the run: shown() keeps them text, not markup
+    out.print(f"[bold]{shown(run_id)}[/]: replayed {r.frame.height} train steps "
+              f"(detector warm-up: the first {r.warmup_steps} steps)")
+    out.print(f"first warning: [yellow]{_fmt(r.first_warning)}[/]   first alarm: [red]{_fmt(r.first_alarm)}[/]"
+              f"   collapse (truncation >= 0.5): {_fmt(r.collapse_step)}")
     if r.collapse_step is not None:
         if r.first_step is not None and r.collapse_step <= r.first_step + r.warmup_steps - 1:
-            console.print("the run collapsed inside the detector's warm-up: no baseline to warn against")
+            out.print("the run collapsed inside the detector's warm-up: no baseline to warn against")
         elif r.lead_time is not None:
             earlier = len([s for s in r.episodes if s < (r.warning_before_collapse or 0)])
             note = f" ({earlier} earlier warning episode(s) ended before it)" if earlier else ""
-            console.print(f"lead time: [bold]{r.lead_time}[/] steps (warning from step {r.warning_before_collapse} "
-                          f"to the collapse){note}")
+            out.print(f"lead time: [bold]{r.lead_time}[/] steps (warning from step {r.warning_before_collapse} "
+                      f"to the collapse){note}")
         else:
-            console.print("[red]no warning before the collapse[/]")
+            out.print("[red]no warning before the collapse[/]")
     if not r.transitions:
-        console.print("no warning or alarm")
+        out.print("no warning or alarm")
         return
     table = Table(title="state changes")
     table.add_column("step", justify="right")
@@ -84,9 +87,9 @@ def _print(console: Console, run_id: str, r: Replay) -> None:
     table.add_column("why")
     table.add_column("evidence")
     for t in r.transitions:
-        table.add_row(str(t.step), f"{t.previous} -> {t.level}", t.reason,
-                      "; ".join(e.describe() for e in t.evidence[:3]))
-    console.print(table)
+        table.add_row(str(t.step), shown(f"{t.previous} -> {t.level}"), shown(t.reason),
+                      shown("; ".join(e.describe() for e in t.evidence[:3])))
+    out.print(table)
     if r.decisions:
-        console.print("in act mode the policy would have: " + "; ".join(f"step {d.step}: {d.reason}"
-                                                                       for d in r.decisions[:6]))
+        out.print("in act mode the policy would have: " + shown("; ".join(f"step {d.step}: {d.reason}"
+                                                                         for d in r.decisions[:6])))

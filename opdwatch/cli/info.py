@@ -3,31 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from rich.console import Console
 from rich.table import Table
 
+from opdwatch import jsonout
 from opdwatch.reader import open_run
 from opdwatch.summary import HEADLINE_METRICS, run_summary
+from opdwatch.terminal import console, shown
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="show a run's status, steps and latest health metrics")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON (strict: see docs/run-format.md)")
     p.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     summary = run_summary(open_run(args.run_dir))
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(jsonout.dumps(summary))
         return 0
-    console = Console()
-    console.print(f"[bold]{summary['run_id']}[/]  {summary['path']}")
-    console.print(f"status [bold]{summary['status']}[/], {summary['steps']} train steps, "
-                  f"last step {summary['last_step']}, updated {summary['updated_at']}")
+    out = console()
+    # run id, path, status and times come from the run directory: shown() keeps them text, not markup
+    out.print(f"[bold]{shown(summary['run_id'])}[/]  {shown(summary['path'])}", soft_wrap=True)
+    out.print(f"status [bold]{shown(summary['status'])}[/], {summary['steps']} train steps, "
+              f"last step {summary['last_step']}, updated {shown(summary['updated_at'])}", soft_wrap=True)
     table = Table(title=f"health at step {summary['last_step']}")
     table.add_column("metric")
     table.add_column("train", justify="right")
@@ -37,7 +38,7 @@ def handle(args: argparse.Namespace) -> int:
         if train is None and val is None:
             continue
         table.add_row(label, _fmt(train), _fmt(val))
-    console.print(table)
+    out.print(table)
     return 0
 
 

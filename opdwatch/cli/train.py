@@ -1,10 +1,12 @@
-"""`opdwatch train CONFIG [key=value ...] [--resume]`: run the Stable-OPD trainer (needs the `train` extra)."""
+"""`opdwatch train CONFIG [key=value ...] [--resume | --overwrite]`: run the Stable-OPD trainer (needs the `train`
+extra)."""
 
 from __future__ import annotations
 
 import argparse
 
 from opdwatch.errors import OpdwatchError
+from opdwatch.terminal import plain
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,14 +15,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "e.g. opd.lr=1e-3 opd.beta=0.1. Presets: trainer/configs/.")
     p.add_argument("config", metavar="CONFIG", help="YAML file, or a preset name such as demo_stable_opd")
     p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run from its latest checkpoint (from scratch if it stopped before the first)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace a run already recorded under this run.name (its records and checkpoints)")
     p.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     entry = import_trainer()
-    run_dir = entry.train_main(args.config, list(args.overrides), args.resume)
-    print(f"run written to {run_dir}\nanalyse it with: opdwatch analyze {run_dir}")
+    run_dir = entry.train_main(args.config, list(args.overrides), args.resume, overwrite=args.overwrite)
+    print(f"run written to {plain(run_dir)}\nanalyse it with: opdwatch analyze {plain(run_dir)}")
     return 0
 
 

@@ -40,9 +40,11 @@ def line(frame: pl.DataFrame, column: str, *, name: str, color: str, dash: str =
     """A step-indexed line of ``column``; nulls are gaps. Hover shows the run, the metric and the step."""
     data = frame.select("step", column).filter(pl.col(column).is_not_null()) if column in frame.columns \
         else pl.DataFrame(schema={"step": pl.Int64, column: pl.Float64})
-    # numpy arrays, not lists: plotly validates lists element by element (seconds at 2,000 steps). Steps as
-    # int32: plotly ships numpy arrays as typed arrays, and plotly.js has no int64 typed arrays.
-    steps = data["step"].to_numpy().astype(np.int32)
+    # numpy arrays, not lists: plotly validates lists element by element (seconds at 2,000 steps). Steps
+    # stay int64: plotly.py itself ships them as the smallest typed array that holds them, or as plain JSON
+    # numbers when none does (plotly.js has no int64 typed array); a cast to int32 here wrapped step 10**15
+    # to -1530494976. JSON numbers are float64 in the browser: steps are exact up to 2**53.
+    steps = data["step"].to_numpy().astype(np.int64, copy=False)
     return go.Scatter(
         x=steps, y=data[column].to_numpy(), mode="lines+markers", name=name,
         line={"color": color, "dash": dash, "width": 1.8}, marker={"size": 4, "color": color},

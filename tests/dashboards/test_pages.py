@@ -57,3 +57,37 @@ def test_tokens_layout_refuses_outside_names(app):
     with app.server.test_request_context():
         layout = page("tokens").layout(run="../r")
     assert layout.id == "tokens-refused"
+
+
+def test_clicked_step_keeps_big_steps_and_refuses_what_is_not_a_step(app):
+    clicked = page("run").clicked_step
+    assert clicked({"points": [{"x": 3, "customdata": [10**15]}]}) == 10**15
+    assert clicked({"points": [{"x": 1e15}]}) == 10**15  # a JSON number may arrive as a float
+    assert clicked({"points": [{"x": "1000000000000000"}]}) == 10**15
+    for bad in (2.5, True, 2**60, float("inf"), float("nan"), [1], {"a": 1}, " "):
+        assert clicked({"points": [{"x": bad}]}) is None, bad
+    for bad in (5, "x", [1], {"points": 3}, {"points": [3]}, {"points": [[1]]}):
+        assert clicked(bad) is None, bad
+
+
+def test_click_on_a_drawn_big_step_gives_that_step(app):
+    """The whole path: a figure of a step beyond int32, as the browser gets it, clicked."""
+    import json
+
+    import polars as pl
+    from dash._utils import to_json
+
+    from opdwatch.plots import fig_logprobs_length
+
+    frame = pl.DataFrame({"step": [1, 10**15], "token/student_logp_mean": [-1.0, -2.0]})
+    sent = json.loads(to_json(fig_logprobs_length({"r": frame})))["data"][0]
+    point = {"x": sent["x"][1], "customdata": sent["customdata"][1]}
+    assert page("run").clicked_step({"points": [point]}) == 10**15
+
+
+def test_repeated_query_keys_are_refused_in_one_line(app):
+    with app.server.test_request_context():
+        layout = page("tokens").layout(run="r", step=["1", "2"])
+        assert layout.id == "tokens-refused"
+        assert "step is given 2 times" in str(layout.children[1].children)
+        assert page("run").layout(run=["r", "r"]).id == "run-refused"

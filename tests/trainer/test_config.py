@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -87,8 +88,116 @@ def test_existing_run_dir_is_refused_early(tmp_path: Path) -> None:
     run_dir.mkdir(parents=True)
     (run_dir / "manifest.json").write_text("{}")
     overrides = [f"run.output_dir={tmp_path / 'runs'}", "run.name=x", f"models.cache_dir={tmp_path}/cache"]
-    with pytest.raises(OpdwatchError, match="already recorded"):
+    with pytest.raises(OpdwatchError, match="already recorded here: --resume continues it .* --overwrite replaces"):
         train_main(str(PRESETS / "demo_opd.yaml"), overrides, resume=False)
-    with pytest.raises(OpdwatchError, match="no checkpoint"):
-        train_main(str(PRESETS / "demo_opd.yaml"), overrides, resume=True)
+    nothing = [*overrides[:1], "run.name=y", *overrides[2:]]
+    with pytest.raises(OpdwatchError, match="no run is recorded here to resume: start it without --resume"):
+        train_main(str(PRESETS / "demo_opd.yaml"), nothing, resume=True)
     assert not (tmp_path / "cache").exists()
+
+
+def test_train_resume_and_overwrite_exclude_each_other(capsys) -> None:
+    from opdwatch.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "demo_opd", "--resume", "--overwrite"])
+    assert exc.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+def _one_line(info: pytest.ExceptionInfo[OpdwatchError]) -> str:
+    message = str(info.value)
+    assert message and "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("- run\n- opd\n", "must be a mapping"),  # top level is a list
+        ("just a string\n", "must be a mapping"),
+        ("42\n", "must be a mapping"),
+        ("0\n", "must be a mapping"),  # falsy scalars are not "no config" either
+        ("false\n", "must be a mapping"),
+        ("opd: [1, 2]\n", "'opd' must be a mapping"),  # a section that is a list
+        ("run: hello\n", "'run' must be a mapping"),
+        ("demo:\n  student: [1]\n", "'demo.student' must be a mapping"),
+        ("1: 2\n", "unknown config key"),  # keys YAML reads as numbers
+        ("opd:\n  1: 2\n", "unknown config key"),
+        ("opd: [1, 2\n", "not valid YAML"),
+        ("run: {name: a}\n---\nopd: {lr: 1}\n", "not valid YAML"),  # two documents
+    ],
+)
+def test_non_mapping_yaml_is_a_one_line_error(tmp_path: Path, text: str, needle: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(OpdwatchError) as info:
+        load_config(bad)
+    assert needle in _one_line(info)
+
+
+def test_unreadable_config_files_are_one_line_errors(tmp_path: Path) -> None:
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(OpdwatchError) as info:
+        load_config(binary)
+    assert str(binary) in _one_line(info)
+    with pytest.raises(OpdwatchError) as info:
+        load_config(tmp_path)  # a directory
+    assert str(tmp_path) in _one_line(info)
+
+
+def test_empty_config_file_means_defaults(tmp_path: Path) -> None:
+    for text in ("", "# only a comment\n", "{}\n"):
+        (tmp_path / "empty.yaml").write_text(text)
+        assert load_config(tmp_path / "empty.yaml") == load_config(None)
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "opd: [1, 2]\n", "7\n"])
+def test_opdwatch_train_with_a_non_mapping_config_exits_2(tmp_path: Path, capsys, text: str) -> None:
+    from opdwatch.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    assert main(["train", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("opdwatch: error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b", "../escape", "/abs", "a\\b", "", "   ", "a\x00b",
+                                  "two\nlines"])
+def test_run_name_must_be_one_plain_path_component(tmp_path: Path, name: str) -> None:
+    config = tmp_path / "c.yaml"  # through YAML, so that NUL and newline get in (argv cannot carry NUL)
+    config.write_text(f"run:\n  name: {json.dumps(name)}\n  output_dir: {json.dumps(str(tmp_path / 'runs'))}\n")
+    with pytest.raises(OpdwatchError) as info:
+        load_config(config)
+    assert _one_line(info).startswith("run.name=")
+
+
+@pytest.mark.parametrize("name", ["exp[seed]", "my-run_1.2", "opd seed 3", "ü"])
+def test_ordinary_run_names_are_accepted(tmp_path: Path, name: str) -> None:
+    config = load_config(None, [f"run.name={name}", f"run.output_dir={tmp_path}"])
+    assert config.run_dir.parent == tmp_path and config.run_dir.name == name
+
+
+def test_run_name_dotdot_exits_2_and_writes_nothing(tmp_path: Path, model_cache: Path, capsys) -> None:
+    from opdwatch.cli import main
+
+    from .conftest import TINY
+
+    # tiny and 0 steps: before the fix this trained and recorded the run into tmp_path, the parent of runs/
+    assert main(["train", "demo_opd", *TINY, "opd.steps=0", "val.every=0", "run.name=..",
+                 f"run.output_dir={tmp_path / 'runs'}", f"models.cache_dir={model_cache}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("opdwatch: error: run.name='..'") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("field", ["run.output_dir", "data.source", "data.val_path", "models.student",
+                                   "models.teacher", "models.reference", "models.cache_dir"])
+def test_nul_in_a_path_field_is_a_one_line_error(tmp_path: Path, field: str) -> None:
+    section, key = field.split(".")
+    config = tmp_path / "c.yaml"
+    config.write_text(f'{section}:\n  {key}: "x\\0y"\n')
+    with pytest.raises(OpdwatchError) as info:
+        load_config(config)
+    assert _one_line(info).startswith(f"{field}=")

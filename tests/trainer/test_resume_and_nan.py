@@ -8,6 +8,7 @@ import torch
 
 import trainer.loop as loop
 from opdwatch import open_run
+from opdwatch.errors import OpdwatchError
 from trainer.checkpoint import list_checkpoints
 from trainer.components import model_path
 from trainer.models import load_causal_lm
@@ -119,3 +120,55 @@ def test_nonfinite_logp_skips_update(tiny_config, monkeypatch) -> None:
     events = open_run(run_dir).events
     events = events() if callable(events) else events
     assert events.filter(pl.col("kind") == "skip_update")["step"].to_list() == [1]
+
+
+def _assert_same_steps(a: pl.DataFrame, b: pl.DataFrame) -> None:
+    assert a.columns == b.columns
+    for col in a.columns:
+        if a[col].dtype.is_float():
+            assert a[col].to_list() == pytest.approx(b[col].to_list(), abs=1e-6, nan_ok=True), col
+        else:
+            assert a[col].to_list() == b[col].to_list(), col
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tiny_config) -> None:
+    # checkpoint.every=0: the only checkpoint is the last step's, so a crash at step 2 leaves none
+    common = ("opd.steps=3", "checkpoint.every=0", "val.every=2")
+    fresh = tiny_config(*common, "run.name=fresh")
+    loop.train(fresh)
+    killed = tiny_config(*common, "run.name=killed")
+
+    def crash_at_2(step, summary, controller) -> None:
+        if step == 2:
+            raise Crash("simulated kill before the first checkpoint")
+
+    with pytest.raises(Crash):
+        loop.train(killed, on_step=crash_at_2)
+    assert list_checkpoints(killed.run_dir) == [] and (killed.run_dir / "manifest.json").exists()
+    with pytest.warns(UserWarning, match="no checkpoint to resume from.*starting it again from scratch"):
+        loop.train(killed, resume=True)
+    _assert_same_steps(_train_rows(fresh.run_dir), _train_rows(killed.run_dir))
+    kinds = [e[0] for e in _events(killed.run_dir)]
+    assert "error" not in kinds and "resume" not in kinds  # what the killed attempt recorded is gone
+    assert open_run(killed.run_dir).status == "finished"
+
+
+def test_overwrite_replaces_a_recorded_run(tiny_config) -> None:
+    fresh = tiny_config("opd.steps=2", "val.every=0", "run.name=fresh")
+    loop.train(fresh)
+    again = tiny_config("opd.steps=2", "val.every=0", "run.name=again", "opd.lr=1e-2")
+    loop.train(again)  # a different run recorded under the name ...
+    with pytest.raises(OpdwatchError, match="--overwrite replaces it"):
+        loop.train(tiny_config("opd.steps=2", "val.every=0", "run.name=again"))
+    loop.train(tiny_config("opd.steps=2", "val.every=0", "run.name=again"), overwrite=True)  # ... is replaced
+    _assert_same_steps(_train_rows(fresh.run_dir), _train_rows(again.run_dir))
+    assert open_run(again.run_dir).manifest["config"]["opd"]["lr"] == fresh.opd.lr
+    with pytest.raises(OpdwatchError, match="exclude each other"):
+        loop.train(again, resume=True, overwrite=True)
+
+
+def test_both_refusals_say_the_way_forward(tiny_config) -> None:
+    config = tiny_config("run.name=nothing")
+    with pytest.raises(OpdwatchError, match="no run is recorded here to resume: start it without --resume"):
+        loop.train(config, resume=True)
+    assert not config.run_dir.exists()

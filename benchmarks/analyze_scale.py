@@ -36,6 +36,7 @@ from rich.table import Table
 
 from opdwatch.format import ROLLOUT_SCHEMA, TOKEN_SCHEMA, part_path
 from opdwatch.manifest import new_manifest, write_manifest
+from opdwatch.metric_defs import TRUNCATION_RATE
 
 ROWS_PER_STEP = 250_000
 MEAN_LEN = 500
@@ -113,7 +114,7 @@ def _write_step(run_dir: Path, step: int, lens: np.ndarray, rng: np.random.Gener
     }).cast(ROLLOUT_SCHEMA)
     _write(rollouts, part_path(run_dir, "rollouts", step, 0, "train"))
     steps = pa.table({"step": [step], "phase": ["train"], "rank": pa.array([0], pa.int32()), "time": [time.time()],
-                      "rollout/truncation_rate": [float(truncated.mean())], "loss/total": [0.5]})
+                      TRUNCATION_RATE: [float(truncated.mean())], "loss/total": [0.5]})
     _write(steps, part_path(run_dir, "steps", step, 0, "train"))
 
 

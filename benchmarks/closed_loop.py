@@ -23,6 +23,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
+from opdwatch.metric_defs import REPETITION_RATE, TRUNCATION_RATE
 from opdwatch.reader import open_run
 
 ROOT = Path(__file__).parent.parent
@@ -44,7 +45,7 @@ def summarize(path: Path) -> dict[str, object]:
     run = open_run(path)
     steps = run.steps("train").collect().sort("step")
     events = run.events()
-    trunc = steps["rollout/truncation_rate"]
+    trunc = steps[TRUNCATION_RATE]
     first = {k: events.filter(pl.col("kind") == k)["step"].min() for k in ("warning", "alarm")}
     return {"run": path.name, "steps": steps.height, "peak_truncation": float(trunc.max()),
             "peak_step": int(steps["step"][int(trunc.arg_max())]),
@@ -61,7 +62,7 @@ def figure(paths: dict[str, Path], subtitle: str = "") -> go.Figure:
     for label, path in paths.items():
         run = open_run(path)
         s = run.steps("train").collect().sort("step")
-        for row, key in ((1, "rollout/truncation_rate"), (2, "rollout/repetition_rate")):
+        for row, key in ((1, TRUNCATION_RATE), (2, REPETITION_RATE)):
             fig.add_trace(go.Scatter(x=s["step"], y=s[key], name=label, legendgroup=label, showlegend=row == 1,
                                      line={"color": colors.get(label)}, customdata=s["step"],
                                      hovertemplate="step %{x}: %{y:.2f}"), row=row, col=1)

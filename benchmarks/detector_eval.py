@@ -51,6 +51,7 @@ from opdwatch.detector.settings import DetectorSettings
 from opdwatch.detector.signals import SIGNALS, signal_values
 from opdwatch.detector.simulate import random_collapse, random_stable, simulate
 from opdwatch.detector.synthetic_run import write_synthetic_run
+from opdwatch.metric_defs import TRUNCATION_RATE
 from opdwatch.reader import open_run
 
 CORPUS = Path(__file__).parent / ".corpus"
@@ -88,7 +89,7 @@ def ours(level: str, settings: DetectorSettings | None = None) -> Callable[[Rows
 
 def _trunc(rows: Rows) -> Iterable[tuple[int, float]]:
     for step, m in rows:
-        v = m.get("rollout/truncation_rate", math.nan)
+        v = m.get(TRUNCATION_RATE, math.nan)
         if math.isfinite(v):
             yield step, v
 

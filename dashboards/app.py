@@ -5,7 +5,7 @@
 
 Pages (one module each, registered with ``dash.register_page``): ``/`` run list, ``/run`` live run view,
 ``/compare`` several runs overlaid, ``/tokens`` the token drill-down. Runs are named in URLs by their path
-relative to the runs root; every name goes through :func:`opdwatch.live.resolve_run`. Only the allowed
+relative to the runs root; every name goes through :func:`opdwatch.web_paths.resolve_run`. Only the allowed
 host names are answered and every response carries security headers (:mod:`dashboards.security`; the
 security model is in docs/dashboard.md).
 """
@@ -22,7 +22,7 @@ from dashboards.components import REFRESH_MS
 from dashboards.hosts import allowed_hosts as host_allow_list
 from dashboards.security import install_security
 from dashboards.state import install
-from opdwatch.live import check_runs_root
+from opdwatch.web_paths import check_runs_root
 
 HERE = Path(__file__).resolve().parent
 PAGES = HERE / "pages"

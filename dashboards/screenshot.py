@@ -21,7 +21,7 @@ from pathlib import Path
 from dashboards.app import create_app
 from dashboards.components import href, run_href, tokens_href
 from opdwatch.errors import OpdwatchError
-from opdwatch.live import check_runs_root, list_runs
+from opdwatch.web_paths import check_runs_root, list_runs
 
 MAX_HEIGHT = 5000
 TIMEOUT_S = 60

@@ -2,7 +2,7 @@
 
 Pages never open files themselves: they ask :func:`registry` (the app's :class:`Registry`, stored in
 the Flask app so that several apps in one process stay apart) for a run by its root-relative name, which
-goes through :func:`opdwatch.live.resolve_run` (nothing outside RUNS_ROOT can be named) and ticks the
+goes through :func:`opdwatch.web_paths.resolve_run` (nothing outside RUNS_ROOT can be named) and ticks the
 run's :class:`opdwatch.live.LiveRun` so the caller sees what was written since the last request. The
 LiveRun is opened with ``root=`` RUNS_ROOT: a file of the run that resolves outside the root (a symlinked
 ``rollouts/`` pointing at another run) is skipped, not served.
@@ -22,7 +22,8 @@ from flask import current_app
 
 from opdwatch.detector.detector import Detector, DetectorState
 from opdwatch.detector.replay import steps_to_rows
-from opdwatch.live import LiveRun, check_runs_root, list_runs, resolve_run
+from opdwatch.live import LiveRun
+from opdwatch.web_paths import check_runs_root, list_runs, resolve_run
 
 EXTENSION = "opdwatch"
 MAX_OPEN_RUNS = 256  # LiveRuns kept in memory (a few MB each); the least recently used is dropped

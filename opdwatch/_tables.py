@@ -5,24 +5,45 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from opdwatch.metric_defs import TOKEN_METRICS, Columns
 from opdwatch.rollout_fields import RolloutFields
 
+# Token means the rollouts table keeps per rollout, with their masks (metric_defs.MetricDef.rollout_column).
+_PER_ROLLOUT = tuple(d for d in TOKEN_METRICS if d.rollout_column is not None)
 
-def masked_means(offsets: np.ndarray, mask: np.ndarray, s_lp: np.ndarray | None, t_lp: np.ndarray | None,
-                  adv: np.ndarray | None, rep: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-rollout means over loss-masked tokens (NaN for a rollout with none)."""
-    seg = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))[mask]
-    counts = np.bincount(seg, minlength=len(offsets) - 1).astype(np.float64)
 
-    def mean(values: np.ndarray | None) -> np.ndarray:
+def masked_means(offsets: np.ndarray, tokens: Columns) -> dict[str, np.ndarray]:
+    """Per-rollout values of the token means that have a rollouts-table column, defined as the step
+    metric (same source, mask, finite values only) over each rollout's tokens: (R,) float64, NaN for a
+    rollout with no such token or where the source was not given. ``offsets`` (R + 1,)."""
+    rollouts = len(offsets) - 1
+    rollout_of = np.repeat(np.arange(rollouts), np.diff(offsets))  # (N,) rollout of each token
+    # Per mask: the kept tokens' rollouts (K,) and counts per rollout (R,), shared by the metrics over that
+    # mask whose values are all finite (the usual case); a source with NaN/inf drops those tokens on its own.
+    shared: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    out: dict[str, np.ndarray] = {}
+    for d in _PER_ROLLOUT:
+        values = tokens(d.source)  # (N,) or None
         if values is None:
-            return np.full(len(counts), np.nan)
-        sums = np.bincount(seg, weights=values[mask].astype(np.float64), minlength=len(counts))
+            out[d.rollout_column] = np.full(rollouts, np.nan)
+            continue
+        keep = tokens.mask(d.mask)  # (N,) bool
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            keep = keep & np.isfinite(values)  # this source's NaN/inf tokens drop out on their own
+            seg, counts = _segments(rollout_of[keep], rollouts)
+        else:
+            if d.mask.name not in shared:
+                shared[d.mask.name] = _segments(rollout_of[keep], rollouts)
+            seg, counts = shared[d.mask.name]
+        sums = np.bincount(seg, weights=values[keep].astype(np.float64), minlength=rollouts)  # (R,)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return sums / counts
+            out[d.rollout_column] = sums / counts
+    return out
 
-    return {"student_logp_mean": mean(s_lp), "teacher_logp_mean": mean(t_lp), "advantage_mean": mean(adv),
-            "repetitive_token_share": mean(rep.astype(np.float64))}
+
+def _segments(seg: np.ndarray, rollouts: int) -> tuple[np.ndarray, np.ndarray]:
+    """The kept tokens' rollouts (K,) and the count of kept tokens per rollout (R,) float64."""
+    return seg, np.bincount(seg, minlength=rollouts).astype(np.float64)
 
 
 def token_table(step: int, rank: int, rollout_idx: np.ndarray, lens: np.ndarray, offsets: np.ndarray,

@@ -4,7 +4,8 @@ A step's metrics are means over all of the step's rollouts and tokens on all ran
 :func:`partials` (sums, counts, maxima and a sum of squares, keyed ``"sum:..."``, ``"n:..."``, ``"max:..."``,
 ``"sq:..."``); ranks combine them with :func:`merge` (or an all-reduce of the same keys); :func:`finalize`
 turns them into the metrics row. They are computed on every token before any thinning, so they stay exact
-when token rows are thinned.
+when token rows are thinned. Which metrics, over which rows and how reduced: :mod:`opdwatch.metric_defs`
+(the analysis builds its polars expressions from the same table).
 """
 
 from __future__ import annotations
@@ -14,15 +15,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from opdwatch.metric_defs import METRICS, Columns, MetricDef
+
 Partials = dict[str, float]
-
-
-def _add(p: Partials, key: str, values: np.ndarray, mask: np.ndarray | None = None) -> None:
-    if mask is not None:
-        values = values[mask]
-    values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
-    p[f"sum:{key}"] = p.get(f"sum:{key}", 0.0) + float(values.sum(dtype=np.float64))
-    p[f"n:{key}"] = p.get(f"n:{key}", 0.0) + float(len(values))
+_CV = tuple(d for d in METRICS if d.reduction == "cv")
 
 
 def partials(
@@ -38,41 +34,49 @@ def partials(
     ref_logp: np.ndarray | None,      # (N,)
     advantage: np.ndarray | None,     # (N,)
     loss_mask: np.ndarray,         # (N,) bool
-    rep_token: np.ndarray,         # (N,) bool, rep_ngram | rep_tail
+    rep_token: np.ndarray | None = None,  # (N,) bool, rep_ngram | rep_tail; derived from them when None
     rep_ngram: np.ndarray,         # (N,) bool
     rep_tail: np.ndarray,          # (N,) bool
     eos: np.ndarray,               # (N,) bool
 ) -> Partials:
+    rollouts = Columns({"num_tokens": num_tokens, "truncated": truncated, "repetitive": repetitive,
+                        "looping": looping, "zlib_tail_ratio": tail_ratio, "correct": correct}, len(num_tokens))
+    stored = {"student_logp": student_logp, "teacher_logp": teacher_logp, "ref_logp": ref_logp,
+              "advantage": advantage, "loss_mask": loss_mask, "rep_ngram": rep_ngram, "rep_tail": rep_tail,
+              "eos": eos}
+    if rep_token is not None:
+        stored["rep"] = rep_token
+    return partials_of(rollouts, Columns(stored, len(loss_mask)))
+
+
+def partials_of(rollouts: Columns, tokens: Columns) -> Partials:
+    """:func:`partials` of every metric in :data:`opdwatch.metric_defs.METRICS` from columns by name."""
     p: Partials = {}
-    _add(p, "rollout/truncation_rate", truncated.astype(np.float64))
-    _add(p, "rollout/repetition_rate", repetitive.astype(np.float64))
-    _add(p, "rollout/loop_rate", looping.astype(np.float64))
-    _add(p, "rollout/mean_length", num_tokens.astype(np.float64))
-    _add(p, "rollout/zlib_tail_ratio_mean", tail_ratio.astype(np.float64))
-    _add(p, "rollout/accuracy", correct.astype(np.float64))
-    p["max:rollout/max_length"] = float(num_tokens.max()) if len(num_tokens) else 0.0
-    # Sum of squared lengths, for rollout/length_cv (finalize): a few rollouts starting to loop spread the
-    # lengths before they move the mean (in real tiny runs the spread rose 1-2 steps earlier).
-    p["sq:rollout/mean_length"] = float((num_tokens.astype(np.float64) ** 2).sum())
-    p["sum:rollout/count"] = float(len(num_tokens))
-    m = loss_mask
-    p["sum:token/count"] = float(m.sum())
-    _add(p, "token/repetitive_share", rep_token.astype(np.float64), m)
-    _add(p, "token/ngram_repeat_share", rep_ngram.astype(np.float64), m)
-    _add(p, "token/tail_share", rep_tail.astype(np.float64), m)
-    for key, values in (("token/student_logp_mean", student_logp), ("token/teacher_logp_mean", teacher_logp),
-                        ("token/ref_logp_mean", ref_logp)):
-        if values is not None:
-            _add(p, key, values, m)
-    if advantage is not None:
-        _add(p, "token/advantage_mean", advantage, m)
-        _add(p, "token/adv_repetitive_mean", advantage, m & rep_token)
-        _add(p, "token/adv_regular_mean", advantage, m & ~rep_token)
-        _add(p, "token/adv_tail_mean", advantage, m & rep_tail)
-        # EOS advantage is the precursor: it turns negative just before collapse (the teacher, primed by
-        # a repeat, stops wanting to stop). Not loss-masked: some loops mask EOS, we still want to see it.
-        _add(p, "token/eos_advantage_mean", advantage, eos)
+    for d in METRICS:
+        _accumulate(p, d, rollouts if d.level == "rollout" else tokens)
     return p
+
+
+def _accumulate(p: Partials, d: MetricDef, cols: Columns) -> None:
+    mask = cols.mask(d.mask)  # (rows,) bool or None
+    if d.reduction == "count":
+        p[f"sum:{d.key}"] = float(cols.rows if mask is None else mask.sum())
+        return
+    values = cols(d.source)  # (rows,)
+    if values is None:  # e.g. no ref log-probs given: the metric is left out, not NaN
+        return
+    if mask is not None:
+        values = values[mask]
+    if values.dtype.kind == "f":
+        values = values[np.isfinite(values)]
+    name = d.partial_key
+    if d.reduction == "mean":
+        p[f"sum:{name}"] = float(values.sum(dtype=np.float64))
+        p[f"n:{name}"] = float(len(values))
+    elif d.reduction == "max":
+        p[f"max:{name}"] = float(values.max()) if len(values) else 0.0
+    else:  # cv: its sum: and n: are those of the mean it names (moments_of)
+        p[f"sq:{name}"] = float((values.astype(np.float64) ** 2).sum())
 
 
 def merge(parts: Iterable[Partials]) -> Partials:
@@ -96,9 +100,10 @@ def finalize(p: Partials) -> dict[str, float]:
             out[name] = value / n if n > 0 else float("nan")
         elif kind in ("sum", "max"):
             out[name] = value
-    if "sq:rollout/mean_length" in p:
-        out["rollout/length_cv"] = _cv(p["sum:rollout/mean_length"], p["sq:rollout/mean_length"],
-                                       p["n:rollout/mean_length"])
+    for d in _CV:
+        name = d.partial_key
+        if f"sq:{name}" in p:
+            out[d.key] = _cv(p[f"sum:{name}"], p[f"sq:{name}"], p[f"n:{name}"])
     return out
 
 

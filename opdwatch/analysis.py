@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,20 +17,22 @@ from typing import Any
 import polars as pl
 
 from opdwatch.errors import CorruptRunError, OpdwatchError
+from opdwatch.metric_defs import TRUNCATION_RATE, VAL_ACCURACY, VAL_TRUNCATION_RATE
 from opdwatch.onset import Onset, find_onset
 from opdwatch.reader import Run, RunReadWarning, open_run
+from opdwatch.run_source import RunSource
 from opdwatch.series import Progress, length_distribution, step_series, token_source_note
 from opdwatch.summary import HEADLINE_METRICS
 from opdwatch.verdict import Verdict, verdict
 
 # The latest-health columns the summary reports (train unless prefixed val/), with their labels.
-LATEST = (*HEADLINE_METRICS, ("val/rollout/truncation_rate", "validation truncation rate"),
-          ("val/rollout/accuracy", "validation accuracy"))
+LATEST = (*HEADLINE_METRICS, (VAL_TRUNCATION_RATE, "validation truncation rate"),
+          (VAL_ACCURACY, "validation accuracy"))
 
 
 @dataclass(frozen=True)
 class RunAnalysis:
-    run: Run
+    run: RunSource
     label: str
     series: pl.DataFrame       # step_series
     lengths: pl.DataFrame      # length_distribution (train)
@@ -39,7 +42,7 @@ class RunAnalysis:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary: status, steps, onset, verdict with reasons, latest health metrics."""
-        train_steps = self.series.filter(pl.col("rollout/truncation_rate").is_not_null())
+        train_steps = self.series.filter(pl.col(TRUNCATION_RATE).is_not_null())
         latest: dict[str, Any] = {}
         for column, _ in LATEST:
             if column in self.series.columns:
@@ -55,12 +58,13 @@ class RunAnalysis:
             "last_step": int(self.series["step"].max()) if self.series.height else None,
             "onset_step": self.onset.step, "onset": self.onset.as_dict(),
             "verdict": self.verdict.label, "reasons": list(self.verdict.reasons),
+            **self.verdict.json_fields(),  # verdict_kind, episodes, current, regimes
             "token_series": token_source_note(self.series),
             "events": dict(kinds), "latest": latest,
         }
 
 
-def analyze_run(run: Run, *, label: str | None = None, progress: Progress | None = None) -> RunAnalysis:
+def analyze_run(run: RunSource, *, label: str | None = None, progress: Progress | None = None) -> RunAnalysis:
     """Series, length distribution, events, onset and verdict of ``run``. Raises a one-line
     :class:`OpdwatchError` for an empty run or unreadable table data."""
     try:
@@ -90,7 +94,7 @@ def open_checked(path: str | Path, *, skip_corrupt: bool = False) -> Run:
     return run
 
 
-def unique_labels(runs: list[Run]) -> list[str]:
+def unique_labels(runs: Sequence[RunSource]) -> list[str]:
     """Run labels for overlays: the run id, made unique with the directory name (then an index)."""
     labels = []
     for run in runs:

@@ -12,7 +12,8 @@ import polars as pl
 
 from opdwatch.errors import OpdwatchError
 from opdwatch.format import ROLLOUT_SCHEMA, TOKEN_SCHEMA
-from opdwatch.reader import Run, scan_files
+from opdwatch.reader import scan_files
+from opdwatch.run_source import RunSource
 
 _ROLLOUT_COLUMNS = ("step", "rank", "rollout", "phase", "num_tokens", "finish_reason", "zlib_tail_ratio",
                     "seq_rep_n", "loop_onset", "advantage_mean", "repetitive_token_share", "tokens_recorded", "text")
@@ -20,7 +21,7 @@ _TOKENS = pl.Schema(pl.from_arrow(TOKEN_SCHEMA.empty_table()).schema)
 _ROLLOUTS = pl.Schema(pl.from_arrow(ROLLOUT_SCHEMA.empty_table()).schema)
 
 
-def first_repetitive_rollouts(run: Run, *, n: int = 5, phase: str = "train") -> pl.DataFrame:
+def first_repetitive_rollouts(run: RunSource, *, n: int = 5, phase: str = "train") -> pl.DataFrame:
     """The ``n`` earliest rollouts flagged repetitive (zlib tail rule), earliest step first."""
     files = [p.path for p in run.parts("rollouts") if p.phase == phase]
     if not files:
@@ -29,7 +30,7 @@ def first_repetitive_rollouts(run: Run, *, n: int = 5, phase: str = "train") -> 
             .sort("step", "rank", "rollout").head(n).collect())
 
 
-def rollout_tokens(run: Run, *, step: int, rollout: int, rank: int = 0, phase: str = "train") -> pl.DataFrame:
+def rollout_tokens(run: RunSource, *, step: int, rollout: int, rank: int = 0, phase: str = "train") -> pl.DataFrame:
     """One rollout's token rows plus ``text`` (each token's piece of the decoded response, cut at
     ``char_end``; ``<id>`` when the writer gave no offsets). Raises when its token rows were not kept."""
     token_files = [p.path for p in run.parts("tokens") if p.step == step and p.rank == rank and p.phase == phase]

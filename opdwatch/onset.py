@@ -2,21 +2,21 @@
 
 Method (one series at a time, steps in order, nulls dropped):
 
-1. Two-segment least squares: the split k that minimises SSE(y[:k]) + SSE(y[k:]) among splits whose
-   right segment is higher (inflation only goes up), each segment at least ``min_segment`` steps.
-2. Accept it only for a real level shift: the after-level reaches ``min_level`` (truncation rate: 0.3;
-   for length, a relative rise of ``min_length_ratio``) and the jump is at least ``min_jump_sigma``
-   times the noise sigma (pooled within-segment standard deviation, floored so a flat-zero series is not
-   infinitely sensitive). A stationary noisy run has no such split; a transient spike is too short to
-   move a segment mean that far.
-3. Walk back from the split while the previous step is still raised (above both the before-level's
-   median + 3 robust sigma and the before-level + 10% of the jump): a collapse that ramps over a few
-   steps (0.06 -> 0.19 -> 0.56 -> 0.95) began at the first raised step, not at the ramp's midpoint,
-   while one noisy step just before an abrupt jump is not taken for its start.
+1. **Regimes.** :mod:`opdwatch.changepoints` segments the truncation rate into every regime it has
+   (PELT on the variance-stabilised rate, a per-segment mean-and-variance cost, one-step spikes removed):
+   collapse -> partial recovery -> relapse is several regimes, not one upward split.
+2. **Onset regime.** The first regime whose level marks inflation or collapse: at least ``min_level``
+   (0.3) and at least ``min_rise`` (0.15) above the quiet regime before it. A stationary noisy run is one
+   regime (no onset); a spike that recovers is no regime at all.
+3. **Walk back** from the regime's first step while the previous step is still raised (above both the
+   quiet regime's median + 3 robust sigma and its level + 10% of the jump): a collapse that ramps over a
+   few steps (0.06 -> 0.19 -> 0.56 -> 0.95) began at the first raised step, not where the segmentation
+   put the level change, while one noisy step just before an abrupt jump is not taken for its start.
 
 The truncation rate decides; mean response length is tried when truncation shows no onset (inflation
-before the budget is hit). Supporting series (repetition, repetitive-token share, advantages, log-probs)
-are summarised before/after the same split as evidence.
+before the budget is hit), with "marks inflation" meaning ``min_length_ratio`` x the first regime's length.
+Supporting series (repetition, repetitive-token share, advantages, log-probs) are summarised before/after
+the changepoint as evidence.
 """
 
 from __future__ import annotations
@@ -26,18 +26,32 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-TRUNCATION = "rollout/truncation_rate"
-LENGTH = "rollout/mean_length"
-# Shown as evidence, before -> after the split, when the frame has them.
+from opdwatch.changepoints import ChangepointSettings, Regime, segment_length, segment_rate
+from opdwatch.metric_defs import (
+    ADV_REGULAR_MEAN,
+    ADV_REPETITIVE_MEAN,
+    EOS_ADVANTAGE_MEAN,
+    MEAN_LENGTH,
+    REPETITION_RATE,
+    REPETITIVE_SHARE,
+    ROLLOUT_COUNT,
+    TEACHER_LOGP_MEAN,
+    TRUNCATION_RATE,
+    VAL_ACCURACY,
+)
+
+TRUNCATION = TRUNCATION_RATE
+LENGTH = MEAN_LENGTH
+# Shown as evidence, before -> after the changepoint, when the frame has them.
 SUPPORTING = (
-    ("rollout/repetition_rate", "repetition rate"),
-    ("rollout/mean_length", "mean length"),
-    ("token/repetitive_share", "repetitive-token share"),
-    ("token/adv_repetitive_mean", "advantage of repetitive tokens"),
-    ("token/adv_regular_mean", "advantage of regular tokens"),
-    ("token/eos_advantage_mean", "EOS advantage"),
-    ("token/teacher_logp_mean", "teacher log-prob"),
-    ("val/rollout/accuracy", "validation accuracy"),
+    (REPETITION_RATE, "repetition rate"),
+    (MEAN_LENGTH, "mean length"),
+    (REPETITIVE_SHARE, "repetitive-token share"),
+    (ADV_REPETITIVE_MEAN, "advantage of repetitive tokens"),
+    (ADV_REGULAR_MEAN, "advantage of regular tokens"),
+    (EOS_ADVANTAGE_MEAN, "EOS advantage"),
+    (TEACHER_LOGP_MEAN, "teacher log-prob"),
+    (VAL_ACCURACY, "validation accuracy"),
 )
 _SIGMA_FLOOR = {TRUNCATION: 0.02, LENGTH: 0.5}  # rates are multiples of 1/rollouts; length in tokens
 
@@ -48,13 +62,14 @@ class Onset:
 
     step: int | None
     series: str                       # the column the decision was made on
-    before: float | None = None       # mean level before the split
-    after: float | None = None        # mean level from the split on
-    sigma: float | None = None        # noise sigma used for the jump test
+    before: float | None = None       # mean level of the quiet regime before the onset regime
+    after: float | None = None        # mean level of the onset regime
+    sigma: float | None = None        # pooled within-regime sd of the two (raw units)
     jump_sigma: float | None = None   # (after - before) / sigma
-    change_point: int | None = None   # the least-squares split step (onset is at or before it)
+    change_point: int | None = None   # first step of the onset regime (the onset is at or before it)
     evidence: str = ""
     supporting: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    regimes: tuple[Regime, ...] = ()  # every truncation-rate regime of the run, in step order
 
     def as_dict(self) -> dict[str, object]:
         return {"step": self.step, "series": self.series, "before": self.before, "after": self.after,
@@ -63,107 +78,148 @@ class Onset:
                 "supporting": {k: list(v) for k, v in self.supporting.items()}}
 
 
-def find_onset(series: pl.DataFrame, *, min_level: float = 0.3, min_jump_sigma: float = 4.0,
-               min_length_ratio: float = 1.3, min_segment: int = 3) -> Onset:
-    """Onset of truncation collapse in a :func:`opdwatch.series.step_series` frame (see module doc)."""
-    trunc = _fit(series, TRUNCATION, min_segment)
-    if trunc is not None:
-        ok = trunc.after >= min_level and trunc.jump >= min_jump_sigma * trunc.sigma
-        if ok:
-            return _accept(series, trunc, f"after-level {trunc.after:.2f} >= {min_level}")
-    length = _fit(series, LENGTH, min_segment)
-    if length is not None and length.before > 0:
-        ok = length.after >= min_length_ratio * length.before and length.jump >= min_jump_sigma * length.sigma
-        if ok:
-            return _accept(series, length, f"length x{length.after / length.before:.2f} >= x{min_length_ratio}")
-    return _reject(trunc, length, min_level, min_jump_sigma)
-
-
 @dataclass(frozen=True)
-class _Fit:
+class _Series:
     column: str
     steps: np.ndarray
     values: np.ndarray
-    split: int          # index of the first step of the after-segment
-    before: float
-    after: float
-    sigma: float
-
-    @property
-    def jump(self) -> float:
-        return self.after - self.before
+    regimes: list[Regime]
 
 
-def _fit(frame: pl.DataFrame, column: str, min_segment: int) -> _Fit | None:
-    """Best upward two-segment split of ``column``, or None when the series is too short or never rises."""
-    if column not in frame.columns:
-        return None
-    data = frame.select("step", pl.col(column).cast(pl.Float64).fill_nan(None)).drop_nulls().sort("step")
-    y = data[column].to_numpy()
-    n = len(y)
-    if n < 2 * min_segment:
-        return None
-    c1 = np.concatenate([[0.0], np.cumsum(y)])
-    c2 = np.concatenate([[0.0], np.cumsum(y * y)])
-    k = np.arange(min_segment, n - min_segment + 1)
-    left_mean = c1[k] / k
-    right_mean = (c1[n] - c1[k]) / (n - k)
-    sse = (c2[k] - k * left_mean ** 2) + ((c2[n] - c2[k]) - (n - k) * right_mean ** 2)
-    sse = np.where(right_mean > left_mean, sse, np.inf)
-    if not np.isfinite(sse).any():
-        return None
-    i = int(np.argmin(sse))
-    split = int(k[i])
-    sigma = max(float(np.sqrt(max(sse[i], 0.0) / max(n - 2, 1))), _SIGMA_FLOOR.get(column, 1e-6))
-    return _Fit(column, data["step"].to_numpy(), y, split, float(left_mean[i]), float(right_mean[i]), sigma)
-
-
-def _accept(frame: pl.DataFrame, fit: _Fit, level_reason: str) -> Onset:
-    start = _walk_back(fit)
-    step = int(fit.steps[start])
-    cp = int(fit.steps[fit.split])
-    supporting = _supporting(frame, cp)
-    name = "truncation rate" if fit.column == TRUNCATION else "mean response length"
-    lines = [
-        f"{name} rose from {fit.before:.3g} (steps {int(fit.steps[0])}-{int(fit.steps[fit.split - 1])}) to "
-        f"{fit.after:.3g} (steps {cp}-{int(fit.steps[-1])}), a jump of {fit.jump / fit.sigma:.1f} sigma "
-        f"(sigma {fit.sigma:.3g}; {level_reason})",
-        f"least-squares change-point at step {cp}" + (f"; first raised step {step}" if step != cp else ""),
-    ]
-    moved = [f"{label} {_fmt(b)} -> {_fmt(a)}" for (col, label), (b, a)
-             in ((c, supporting[c[0]]) for c in SUPPORTING if c[0] in supporting) if col != fit.column]
-    if moved:
-        lines.append("at the same split: " + ", ".join(moved))
-    return Onset(step=step, series=fit.column, before=fit.before, after=fit.after, sigma=fit.sigma,
-                 jump_sigma=fit.jump / fit.sigma, change_point=cp, evidence="; ".join(lines), supporting=supporting)
-
-
-def _reject(trunc: _Fit | None, length: _Fit | None, min_level: float, min_jump_sigma: float) -> Onset:
-    if trunc is None:
-        return Onset(step=None, series=TRUNCATION, evidence="too few steps with a truncation rate to look for an "
-                     "onset" if length is None else "truncation rate never rises; no length inflation either")
-    why = []
-    if trunc.after < min_level:
-        why.append(f"best upward split only reaches {trunc.after:.3g} < {min_level}")
-    if trunc.jump < min_jump_sigma * trunc.sigma:
-        why.append(f"its jump is {trunc.jump / trunc.sigma:.1f} sigma < {min_jump_sigma}")
-    text = f"no onset: truncation rate {trunc.before:.3g} -> {trunc.after:.3g} at best ({'; '.join(why)})"
+def find_onset(series: pl.DataFrame, *, min_level: float = 0.3, min_rise: float = 0.15,
+               min_length_ratio: float = 1.3, changepoints: ChangepointSettings | None = None) -> Onset:
+    """Onset of truncation collapse in a :func:`opdwatch.series.step_series` frame (see module doc)."""
+    trunc = truncation_regimes(series, changepoints)
+    regimes = tuple(trunc.regimes) if trunc is not None else ()
+    if trunc is not None:
+        i = _first_raised(trunc.regimes, lambda r, q: r.level >= min_level and r.level - q.level >= min_rise)
+        if i is not None:
+            return _accept(series, trunc, i, f"level {trunc.regimes[i].level:.2f} >= {min_level}", regimes)
+    length = _load(series, LENGTH)
     if length is not None:
-        text += f"; mean length {length.before:.3g} -> {length.after:.3g} is no inflation either"
-    return Onset(step=None, series=TRUNCATION, before=trunc.before, after=trunc.after, sigma=trunc.sigma,
-                 jump_sigma=trunc.jump / trunc.sigma, change_point=None, evidence=text)
+        length = _Series(LENGTH, length[0], length[1], segment_length(length[0], length[1], changepoints))
+        base = length.regimes[0].level
+        i = _first_raised(length.regimes, lambda r, q: base > 0 and r.level >= min_length_ratio * max(base, q.level))
+        if i is not None:
+            ratio = length.regimes[i].level / base
+            return _accept(series, length, i, f"length x{ratio:.2f} >= x{min_length_ratio}", regimes)
+    return _reject(trunc, length, min_level, regimes)
 
 
-def _walk_back(fit: _Fit) -> int:
-    """First index of the run of raised steps that ends at the split (see module doc, step 3)."""
-    before = fit.values[: fit.split]
+def truncation_regimes(series: pl.DataFrame, changepoints: ChangepointSettings | None = None) -> _Series | None:
+    """The truncation-rate steps, values and regimes of ``series`` (None without a truncation rate)."""
+    loaded = _load(series, TRUNCATION, extra=ROLLOUT_COUNT)
+    if loaded is None:
+        return None
+    steps, values, counts = loaded
+    return _Series(TRUNCATION, steps, values, segment_rate(steps, values, counts, changepoints))
+
+
+def walk_back(steps: np.ndarray, values: np.ndarray, quiet: Regime, start: int, level: float,
+              column: str = TRUNCATION) -> int:
+    """First step of the run of raised steps that ends at ``start`` (the first step of a regime at
+    ``level``) after the ``quiet`` regime (see module doc, step 3). Shared with the episode finder."""
+    inside = (steps >= quiet.start) & (steps <= quiet.end)
+    before = values[inside]
     median = float(np.median(before))
     mad = float(np.median(np.abs(before - median))) * 1.4826
-    threshold = max(median + 3.0 * max(mad, _SIGMA_FLOOR.get(fit.column, 1e-6)), fit.before + 0.1 * fit.jump)
-    start = fit.split
-    while start > 0 and fit.values[start - 1] > threshold:
-        start -= 1
-    return start
+    threshold = max(median + 3.0 * max(mad, _SIGMA_FLOOR.get(column, 1e-6)),
+                    float(np.mean(before)) + 0.1 * (level - float(np.mean(before))))
+    i = int(np.searchsorted(steps, start))
+    lo = int(np.searchsorted(steps, quiet.start))
+    while i > lo and values[i - 1] > threshold:
+        i -= 1
+    return int(steps[i])
+
+
+def _first_raised(regimes: list[Regime], raised) -> int | None:  # noqa: ANN001 - (regime, quiet) -> bool
+    """Index of the first regime that is raised against the last quiet regime before it (regime 0 is
+    the quiet reference; a run that starts raised has no onset)."""
+    quiet = regimes[0] if regimes else None
+    for i in range(1, len(regimes)):
+        if raised(regimes[i], quiet):
+            return i
+        quiet = regimes[i] if regimes[i].level <= quiet.level else quiet  # a higher, unraised step is no baseline
+    return None
+
+
+def _accept(frame: pl.DataFrame, s: _Series, i: int, level_reason: str, regimes: tuple[Regime, ...]) -> Onset:
+    onset_regime = s.regimes[i]
+    quiet = _quiet_before(s.regimes, i)
+    before = _mean(s, quiet.start, quiet.end)
+    after = _mean(s, onset_regime.start, onset_regime.end)
+    step = walk_back(s.steps, s.values, quiet, onset_regime.start, after, s.column)
+    cp = onset_regime.start
+    sigma = max(float(np.sqrt((_var(s, quiet) * quiet.steps + _var(s, onset_regime) * onset_regime.steps)
+                              / (quiet.steps + onset_regime.steps))), _SIGMA_FLOOR.get(s.column, 1e-6))
+    supporting = _supporting(frame, cp)
+    name = "truncation rate" if s.column == TRUNCATION else "mean response length"
+    lines = [
+        f"{name} rose from {before:.3g} (steps {quiet.start}-{quiet.end}) to {after:.3g} (steps {cp}-"
+        f"{onset_regime.end}), {(after - before) / sigma:.1f} sigma (sigma {sigma:.3g}; {level_reason})",
+        f"changepoint at step {cp} (regime {i + 1} of {len(s.regimes)})"
+        + (f"; first raised step {step}" if step != cp else ""),
+    ]
+    moved = [f"{label} {_fmt(b)} -> {_fmt(a)}" for (col, label), (b, a)
+             in ((c, supporting[c[0]]) for c in SUPPORTING if c[0] in supporting) if col != s.column]
+    if moved:
+        lines.append("at the same changepoint: " + ", ".join(moved))
+    return Onset(step=step, series=s.column, before=before, after=after, sigma=sigma,
+                 jump_sigma=(after - before) / sigma, change_point=cp, evidence="; ".join(lines),
+                 supporting=supporting, regimes=regimes)
+
+
+def _reject(trunc: _Series | None, length: _Series | None, min_level: float, regimes: tuple[Regime, ...]) -> Onset:
+    if trunc is None:
+        return Onset(step=None, series=TRUNCATION, evidence="too few steps with a truncation rate to look for an "
+                     "onset" if length is None else "no truncation rate; no length inflation either")
+    first, top = trunc.regimes[0], max(trunc.regimes, key=lambda r: r.level)
+    if len(trunc.regimes) == 1:
+        text = f"no onset: truncation rate stays in one regime, {first.level:.3g} (steps {first.start}-{first.end})"
+    elif first.level >= min_level:
+        text = (f"no onset: truncation rate is already {first.level:.3g} at the start (steps {first.start}-"
+                f"{first.end}), no quiet regime before it")
+    else:
+        text = (f"no onset: {len(trunc.regimes)} truncation regimes, the highest {top.level:.3g} (steps "
+                f"{top.start}-{top.end}) does not mark inflation (< {min_level} or < 0.15 above the one before)")
+    if length is not None:
+        text += (f"; mean length {length.regimes[0].level:.3g} -> {length.regimes[-1].level:.3g} "
+                 f"({len(length.regimes)} regimes) is no inflation either")
+    return Onset(step=None, series=TRUNCATION, before=first.level, after=top.level, evidence=text, regimes=regimes)
+
+
+def _quiet_before(regimes: list[Regime], i: int) -> Regime:
+    """The lowest regime before ``i`` since the last one at least as low as the first (the baseline the
+    onset regime rose from)."""
+    quiet = regimes[0]
+    for r in regimes[1:i]:
+        if r.level <= quiet.level:
+            quiet = r
+    return quiet
+
+
+def _load(frame: pl.DataFrame, column: str, extra: str | None = None):  # noqa: ANN202 - tuple of arrays
+    if column not in frame.columns:
+        return None
+    cols = [pl.col(column).cast(pl.Float64).fill_nan(None)]
+    if extra is not None:
+        cols.append(pl.col(extra).cast(pl.Float64) if extra in frame.columns else pl.lit(None, pl.Float64).alias(extra))
+    data = frame.select("step", *cols).drop_nulls(column).sort("step")
+    if data.height == 0:
+        return None
+    out = (data["step"].to_numpy(), data[column].to_numpy())
+    if extra is None:
+        return out
+    counts = data[extra].to_numpy()
+    return (*out, None if np.isnan(counts.astype(float)).all() else counts)
+
+
+def _mean(s: _Series, a: int, b: int) -> float:
+    return float(np.mean(s.values[(s.steps >= a) & (s.steps <= b)]))
+
+
+def _var(s: _Series, r: Regime) -> float:
+    return float(np.var(s.values[(s.steps >= r.start) & (s.steps <= r.end)]))
 
 
 def _supporting(frame: pl.DataFrame, split_step: int) -> dict[str, tuple[float | None, float | None]]:

@@ -41,6 +41,7 @@ from opdwatch.format import (
     part_path,
 )
 from opdwatch.manifest import new_manifest, read_manifest, write_manifest
+from opdwatch.metric_defs import ROLLOUT_COUNT, Columns
 from opdwatch.rollout_fields import derive_fields
 
 
@@ -60,6 +61,8 @@ class RecorderSettings:
     token_rollout_fraction: float = 1.0
 
     def validate(self) -> None:
+        # The one place these bounds live: the trainer's `recorder:` section is this class (trainer/config.py).
+        # Messages start with the field's name, so a config tree reports it as recorder.<field>.
         if self.tail_window < 1:
             raise OpdwatchError(f"tail_window must be >= 1, got {self.tail_window}")
         if not 0.0 < self.tail_threshold <= 2.0:
@@ -216,12 +219,15 @@ class Recorder:
         f = derive_fields(ids, offsets, texts, reasons, ends, self.settings, self._eos_ids)
         correct_list = per_rollout("correct", correct, count, None)
         correct_f = np.array([np.nan if c is None else float(bool(c)) for c in correct_list], dtype=np.float64)
-        part = aggregates.partials(
-            num_tokens=lens, truncated=f.truncated, repetitive=f.repetitive, looping=f.loop_onset >= 0,
-            tail_ratio=f.tail_ratio, correct=correct_f, student_logp=s_lp, teacher_logp=t_lp,
-            ref_logp=r_lp, advantage=adv, loss_mask=mask, rep_token=f.rep_ngram | f.rep_tail,
-            rep_ngram=f.rep_ngram, rep_tail=f.rep_tail, eos=f.eos,
-        )
+        # Columns by metric_defs name; one Columns serves the step partials and the per-rollout means, so
+        # derived columns and masks are built once.
+        roll_cols = Columns({"num_tokens": lens, "truncated": f.truncated, "repetitive": f.repetitive,
+                             "looping": f.loop_onset >= 0, "zlib_tail_ratio": f.tail_ratio,
+                             "correct": correct_f}, count)
+        tok_cols = Columns({"student_logp": s_lp, "teacher_logp": t_lp, "ref_logp": r_lp, "advantage": adv,
+                            "loss_mask": mask, "rep_ngram": f.rep_ngram, "rep_tail": f.rep_tail, "eos": f.eos},
+                           len(ids))
+        part = aggregates.partials_of(roll_cols, tok_cols)
         key = (int(step), phase)
         chunk = self._chunks.get(key, 0)
         first_rollout = self._partials_count(key)
@@ -230,7 +236,7 @@ class Recorder:
         self._forget_before(int(step))  # every rank, not only the one that logs metrics
 
         rollout_idx = np.arange(first_rollout, first_rollout + count, dtype=np.int64)
-        per_rollout_means = _tables.masked_means(offsets, mask, s_lp, t_lp, adv, f.rep_ngram | f.rep_tail)
+        per_rollout_means = _tables.masked_means(offsets, tok_cols)
         keep = self._token_keep(int(step), rollout_idx)
         rollouts = pa.table({
             "step": pa.array(np.full(count, step, dtype=np.int64)),
@@ -265,6 +271,8 @@ class Recorder:
                           stats_columns=["step", "rank", "rollout", "position"])
 
         result = aggregates.finalize(self._partials[key])
+        # time/record: this call alone on this rank (derive fields, write Parquet); the trainer's whole recording
+        # phase (decoding, offsets, the all-reduce) is its own time/record_total
         result["time/record"] = time.perf_counter() - t0
         if metrics:
             result.update({k: float(v) for k, v in metrics.items()})
@@ -315,7 +323,7 @@ class Recorder:
 
     # ---------------------------------------------------------------------------------- helpers
     def _partials_count(self, key: tuple[int, str]) -> int:
-        return int(self._partials.get(key, {}).get("sum:rollout/count", 0))
+        return int(self._partials.get(key, {}).get(f"sum:{ROLLOUT_COUNT}", 0))
 
     def _forget_before(self, step: int) -> None:
         # Keep a few recent steps so late log_metrics calls still merge; older state is dropped.

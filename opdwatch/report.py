@@ -1,5 +1,6 @@
 """report.html: one self-contained page (plotly.js embedded, no CDN: it opens offline) with every figure of
-one or more analysed runs overlaid, the onsets and detector events marked, and each run's verdict.
+one or more analysed runs overlaid, the onsets, collapse episodes (shaded) and detector events marked, and
+each run's verdict with its episodes.
 
 Figure sections carry stable ids (``fig-truncation-repetition``, ...; :data:`FIGURE_IDS`) so tests and
 links can find them.
@@ -21,6 +22,7 @@ from opdwatch import plots
 from opdwatch._version import __version__
 from opdwatch.analysis import LATEST, RunAnalysis
 from opdwatch.drilldown import first_repetitive_rollouts, rollout_tokens
+from opdwatch.episodes import spans
 from opdwatch.errors import OpdwatchError
 
 # Overlay figures: id, heading, function.
@@ -39,9 +41,10 @@ def render_report(analyses: Sequence[RunAnalysis]) -> str:
     series = {a.label: a.series for a in analyses}
     events = {a.label: a.events for a in analyses}
     onsets = {a.label: a.onset.step for a in analyses}
+    episodes = {a.label: spans(a.verdict.episodes) for a in analyses}
     body = [_summary_table(analyses)]
     for fig_id, heading, fn in OVERLAYS:
-        body.append(_section(fig_id, heading, [fn(series, events=events, onsets=onsets)]))
+        body.append(_section(fig_id, heading, [fn(series, events=events, onsets=onsets, episodes=episodes)]))
     body.append(_section("fig-length-distribution", "Response-length distribution",
                          [_titled(plots.fig_length_distribution(a.lengths), a.label) for a in analyses]))
     token_figs, notes = [], []
@@ -108,14 +111,17 @@ def _token_view(a: RunAnalysis) -> tuple[go.Figure | None, str]:
 
 
 def _summary_table(analyses: Sequence[RunAnalysis]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in ("run", "status", "steps", "onset", "verdict", "reasons"))
+    head = "".join(f"<th>{_e(h)}</th>" for h in ("run", "status", "steps", "onset", "verdict", "collapse episodes",
+                                                 "reasons"))
     rows = []
     for a in analyses:
         s = a.summary()
         reasons = "".join(f"<li>{_e(r)}</li>" for r in s["reasons"])
+        episodes = "<br>".join(_e(e.describe()) for e in a.verdict.episodes) or "-"
         rows.append(f"<tr><td>{_e(a.label)}<br><small>{_e(s['path'])}</small></td><td>{_e(s['status'])}</td>"
                     f"<td>{s['steps']}</td><td>{'-' if s['onset_step'] is None else s['onset_step']}</td>"
-                    f"<td class='v-{s['verdict']}'>{_e(s['verdict'])}</td><td><ul>{reasons}</ul>"
+                    f"<td class='v-{a.verdict.kind}'>{_e(s['verdict'])}</td><td class='episodes'>{episodes}</td>"
+                    f"<td><ul>{reasons}</ul>"
                     f"<small>{_e(s['token_series'])}</small></td></tr>")
     metric_head = "".join(f"<th>{_e(a.label)}</th>" for a in analyses)
     metric_rows = []
@@ -154,6 +160,7 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; 
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 td, th { border: 1px solid #ddd; padding: 4px 8px; vertical-align: top; text-align: left; }
 .v-healthy { color: #2ca02c; font-weight: bold; } .v-inflating { color: #e08000; font-weight: bold; }
-.v-collapsed { color: #d62728; font-weight: bold; } .meta, .note, small { color: #666; }
+.v-collapsed { color: #d62728; font-weight: bold; } .v-degraded { color: #e08000; font-weight: bold; }
+.meta, .note, small { color: #666; }
 section.figure { margin-top: 2em; }
 """

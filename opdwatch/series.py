@@ -17,9 +17,10 @@ Where each column comes from:
 - Everything else the trainer logged (``loss/*``, ``control/*``, ``time/*``, ``optim/*``) from the
   step metrics, unchanged.
 
-Definitions match :mod:`opdwatch.aggregates` exactly (means over loss-masked tokens ignoring NaN; the
-EOS advantage is not loss-masked; a repetitive token is ``rep_tail | rep_ngram``), so a run recorded
-with full token rows gives the same numbers either way.
+The ``rollout/*`` and ``token/*`` expressions are generated from :mod:`opdwatch.metric_defs`, the table the
+recorder's partials (:mod:`opdwatch.aggregates`) come from too (means over loss-masked tokens ignoring
+NaN; the EOS advantage is not loss-masked; a repetitive token is ``rep_tail | rep_ngram``), so a run
+recorded with full token rows gives the same numbers either way.
 """
 
 from __future__ import annotations
@@ -29,41 +30,26 @@ from typing import Any
 
 import polars as pl
 
+from opdwatch import metric_defs
 from opdwatch.format import ROLLOUT_SCHEMA, TOKEN_SCHEMA
-from opdwatch.reader import Part, Run, scan_files
+from opdwatch.reader import scan_files
+from opdwatch.run_files import Part
+from opdwatch.run_source import RunSource
 
-# Columns computed here from the token table (train phase), in display order.
-TOKEN_SERIES = (
-    "token/count",
-    "token/student_logp_mean",
-    "token/teacher_logp_mean",
-    "token/ref_logp_mean",
-    "token/advantage_mean",
-    "token/adv_repetitive_mean",
-    "token/adv_regular_mean",
-    "token/adv_tail_mean",
-    "token/repetitive_share",
-    "token/ngram_repeat_share",
-    "token/tail_share",
-    "token/eos_advantage_mean",
-)
-# Columns computed here from the rollout table (both phases).
-ROLLOUT_SERIES = (
-    "rollout/count",
-    "rollout/truncation_rate",
-    "rollout/repetition_rate",
-    "rollout/loop_rate",
-    "rollout/mean_length",
-    "rollout/max_length",
-    "rollout/length_cv",
-    "rollout/zlib_tail_ratio_mean",
-    "rollout/accuracy",
-)
+# Columns computed here from the token table (train phase) and the rollout table (both phases), in display
+# order: the metric table's keys.
+TOKEN_SERIES = tuple(d.key for d in metric_defs.TOKEN_METRICS)
+ROLLOUT_SERIES = tuple(d.key for d in metric_defs.ROLLOUT_METRICS)
 TOKEN_SOURCE = "token_source"  # per step: "tokens" | "step_metrics" | "tokens_partial" | null
-_TOKEN_COLUMNS = ("step", "loss_mask", "student_logp", "teacher_logp", "ref_logp", "advantage", "eos",
-                  "rep_tail", "rep_ngram")
+_ROLLOUT_TOKENS = "rollout/tokens"  # not a metric: response tokens per step, to check token-table completeness
 _TOKEN_PL_SCHEMA = pl.Schema(pl.from_arrow(TOKEN_SCHEMA.empty_table()).schema)
 _ROLLOUT_PL_SCHEMA = pl.Schema(pl.from_arrow(ROLLOUT_SCHEMA.empty_table()).schema)
+# metric_defs columns a table stores in another form (stored column, expression): a rollout loops when it
+# has a loop onset.
+_STORED = {"looping": ("loop_onset", pl.col("loop_onset").is_not_null())}
+# What the aggregation queries read of each table.
+_TOKEN_COLUMNS = ("step", *metric_defs.stored_columns("token"))
+_ROLLOUT_COLUMNS = ("step", *(_STORED[c][0] if c in _STORED else c for c in metric_defs.stored_columns("rollout")))
 # Token files are aggregated in about this many batches so a progress bar can move; each batch is one
 # streaming query and batches never split a step, so per-step sums need no merging.
 _PROGRESS_BATCHES = 16
@@ -71,7 +57,7 @@ _PROGRESS_BATCHES = 16
 Progress = Callable[[int, int], None]  # (token rows done, token rows total)
 
 
-def step_series(run: Run, *, progress: Progress | None = None) -> pl.DataFrame:
+def step_series(run: RunSource, *, progress: Progress | None = None) -> pl.DataFrame:
     """One row per step (train steps, plus any step with only validation) with the Fig 2/3/4/7 series.
 
     Train metrics keep their recorder keys, validation metrics are prefixed ``val/``; nulls where a step
@@ -79,16 +65,16 @@ def step_series(run: Run, *, progress: Progress | None = None) -> pl.DataFrame:
     """
     metrics = run.steps().collect()
     train = _metric_rows(metrics, "train", prefix="")
-    val = _metric_rows(metrics, "val", prefix="val/")
+    val = _metric_rows(metrics, "val", prefix=metric_defs.VAL_PREFIX)
     roll_train = rollout_aggregates(run, phase="train")
-    roll_val = rollout_aggregates(run, phase="val").drop("rollout/tokens").rename(
+    roll_val = rollout_aggregates(run, phase="val").drop(_ROLLOUT_TOKENS).rename(
         {c: f"val/{c}" for c in ROLLOUT_SERIES})
     tokens = token_aggregates(run.parts("tokens"), progress=progress)
 
     sources = (train, val, roll_train, roll_val, tokens)
     steps = pl.concat([f.select("step") for f in sources]).unique().sort("step")
     # Recomputed columns get a '#r' (rollout table) or '#t' (token table) suffix until merged below.
-    roll_train = roll_train.rename({c: f"{c}#r" for c in (*ROLLOUT_SERIES, "rollout/tokens")})
+    roll_train = roll_train.rename({c: f"{c}#r" for c in (*ROLLOUT_SERIES, _ROLLOUT_TOKENS)})
     roll_val = roll_val.rename({f"val/{c}": f"val/{c}#r" for c in ROLLOUT_SERIES})
     tokens = tokens.rename({c: f"{c}#t" for c in (*TOKEN_SERIES, "token_rows")})
     frame = steps
@@ -103,8 +89,8 @@ def step_series(run: Run, *, progress: Progress | None = None) -> pl.DataFrame:
 
     # Token-level: the token table only where it holds every token of the step's train rollouts.
     thinned = tokens_thinned(run.manifest)
-    complete = (pl.col("token_rows#t") == pl.col("rollout/tokens#r")) & pl.lit(not thinned)
-    has_metrics = pl.col("token/count").is_not_null()
+    complete = (pl.col("token_rows#t") == pl.col(f"{_ROLLOUT_TOKENS}#r")) & pl.lit(not thinned)
+    has_metrics = pl.col(metric_defs.TOKEN_COUNT).is_not_null()
     has_rows = pl.col("token_rows#t").fill_null(0) > 0
     frame = frame.with_columns(
         pl.when(complete).then(pl.lit("tokens"))
@@ -172,57 +158,57 @@ def token_aggregates(parts: list[Part], *, progress: Progress | None = None) -> 
 
 def token_query(tokens: pl.LazyFrame) -> pl.LazyFrame:
     """The token aggregates of all rows of ``tokens`` (one step's token-table scan) as a one-row lazy query."""
-    mask = pl.col("loss_mask")
-    rep = pl.col("rep_tail") | pl.col("rep_ngram")
-
-    def val(name: str) -> pl.Expr:  # float64 sums like the recorder; NaN means "not computed"
-        return pl.col(name).cast(pl.Float64).fill_nan(None)
-
-    def mean_where(expr: pl.Expr, cond: pl.Expr) -> pl.Expr:
-        return pl.when(cond).then(expr).mean()
-
-    adv = val("advantage")
     return tokens.select(_TOKEN_COLUMNS).select(
-        mask.sum().cast(pl.Float64).alias("token/count"),
-        mean_where(val("student_logp"), mask).alias("token/student_logp_mean"),
-        mean_where(val("teacher_logp"), mask).alias("token/teacher_logp_mean"),
-        mean_where(val("ref_logp"), mask).alias("token/ref_logp_mean"),
-        mean_where(adv, mask).alias("token/advantage_mean"),
-        mean_where(adv, mask & rep).alias("token/adv_repetitive_mean"),
-        mean_where(adv, mask & ~rep).alias("token/adv_regular_mean"),
-        mean_where(adv, mask & pl.col("rep_tail")).alias("token/adv_tail_mean"),
-        mean_where(rep.cast(pl.Float64), mask).alias("token/repetitive_share"),
-        mean_where(pl.col("rep_ngram").cast(pl.Float64), mask).alias("token/ngram_repeat_share"),
-        mean_where(pl.col("rep_tail").cast(pl.Float64), mask).alias("token/tail_share"),
-        mean_where(adv, pl.col("eos")).alias("token/eos_advantage_mean"),
+        *(metric_expr(d, _TOKEN_PL_SCHEMA) for d in metric_defs.TOKEN_METRICS),
         pl.len().alias("token_rows"),
     )
 
 
-def rollout_aggregates(run: Run, *, phase: str = "train") -> pl.DataFrame:
+def metric_expr(d: metric_defs.MetricDef, schema: pl.Schema) -> pl.Expr:
+    """The aggregation of metric ``d`` over the rows in context (a whole frame or a group), named ``d.key``:
+    the polars form of the recorder's partials + finalize (float64; NaN, inf and null values ignored)."""
+    cond = None if d.mask is None else d.mask.where(_column)
+    if d.reduction == "count":
+        return (pl.len() if cond is None else cond.sum()).cast(pl.Float64).alias(d.key)
+    x = _column(d.source)
+    if d.source in schema and schema[d.source].is_float():
+        # Null unless finite, like the recorder's isfinite. abs() < inf is false for NaN too (polars orders
+        # NaN above inf); on 20M token rows is_finite() made the query ~15% slower, this was as fast as the
+        # NaN-only fill_nan(None) it replaced.
+        x = pl.when(x.abs() < float("inf")).then(x)
+    x = x.cast(pl.Float64)
+    if cond is not None:
+        x = pl.when(cond).then(x)
+    if d.reduction == "mean":
+        return x.mean().alias(d.key)
+    if d.reduction == "max":
+        return x.max().alias(d.key)
+    # cv: aggregates.finalize's formula from the same sums, so both give the same float64 (not a two-pass sd)
+    n, total = x.count(), x.sum()
+    mean = total / n
+    cv = (x.pow(2).sum() / n - mean * mean).clip(lower_bound=0.0).sqrt() / mean
+    return pl.when((n > 0) & (total > 0)).then(cv).otherwise(float("nan")).alias(d.key)
+
+
+def _column(name: str) -> pl.Expr:
+    """A metric source or mask column over the Parquet tables (metric_defs names)."""
+    return metric_defs.resolve(name, lambda n: _STORED[n][1] if n in _STORED else pl.col(n))
+
+
+def rollout_aggregates(run: RunSource, *, phase: str = "train") -> pl.DataFrame:
     """Per-step rollout aggregates of one phase: :data:`ROLLOUT_SERIES` plus ``rollout/tokens`` (the
     response tokens of the step's rollouts, to check token-table completeness)."""
-    cols = ["step", "num_tokens", "truncated", "repetitive", "loop_onset", "zlib_tail_ratio", "correct"]
     if not any(p.phase == phase for p in run.parts("rollouts")):
         return pl.DataFrame(schema={"step": pl.Int64, **{c: pl.Float64 for c in ROLLOUT_SERIES},
-                                    "rollout/tokens": pl.Float64})
+                                    _ROLLOUT_TOKENS: pl.Float64})
     rollouts = _scan_rollouts(run, phase)
-    n = pl.col("num_tokens").cast(pl.Float64)
-    return rollouts.select(cols).group_by("step").agg(
-        pl.len().cast(pl.Float64).alias("rollout/count"),
-        pl.col("truncated").cast(pl.Float64).mean().alias("rollout/truncation_rate"),
-        pl.col("repetitive").cast(pl.Float64).mean().alias("rollout/repetition_rate"),
-        pl.col("loop_onset").is_not_null().cast(pl.Float64).mean().alias("rollout/loop_rate"),
-        n.mean().alias("rollout/mean_length"),
-        n.max().alias("rollout/max_length"),
-        (n.std(ddof=0) / n.mean()).alias("rollout/length_cv"),
-        pl.col("zlib_tail_ratio").fill_nan(None).mean().alias("rollout/zlib_tail_ratio_mean"),
-        pl.col("correct").cast(pl.Float64).mean().alias("rollout/accuracy"),
-        n.sum().alias("rollout/tokens"),
+    return rollouts.select(_ROLLOUT_COLUMNS).group_by("step").agg(
+        *(metric_expr(d, _ROLLOUT_PL_SCHEMA) for d in metric_defs.ROLLOUT_METRICS),
+        pl.col("num_tokens").cast(pl.Float64).sum().alias(_ROLLOUT_TOKENS),
     ).collect(engine="streaming").sort("step")
 
 
-def length_distribution(run: Run, *, phase: str = "train") -> pl.DataFrame:
+def length_distribution(run: RunSource, *, phase: str = "train") -> pl.DataFrame:
     """Response lengths per rollout: ``step``, ``num_tokens``, ``truncated``, ``repetitive`` (one row per
     rollout of ``phase``), the input of :func:`opdwatch.plots.fig_length_distribution`."""
     return (_scan_rollouts(run, phase).select("step", "num_tokens", "truncated", "repetitive")
@@ -242,7 +228,7 @@ def length_quantiles(lengths: pl.DataFrame, quantiles: tuple[float, ...] = (0.1,
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _scan_rollouts(run: Run, phase: str) -> pl.LazyFrame:
+def _scan_rollouts(run: RunSource, phase: str) -> pl.LazyFrame:
     """The rollout rows of one phase, scanning only that phase's files (the file name is the phase)."""
     files = [p.path for p in run.parts("rollouts") if p.phase == phase]
     if not files:

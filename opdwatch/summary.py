@@ -8,24 +8,35 @@ from typing import Any
 
 import polars as pl
 
-from opdwatch.reader import Run
+from opdwatch.metric_defs import (
+    ADV_REGULAR_MEAN,
+    ADV_REPETITIVE_MEAN,
+    EOS_ADVANTAGE_MEAN,
+    MEAN_LENGTH,
+    REPETITION_RATE,
+    REPETITIVE_SHARE,
+    STUDENT_LOGP_MEAN,
+    TEACHER_LOGP_MEAN,
+    TRUNCATION_RATE,
+)
+from opdwatch.run_source import RunSource
 
 # The health metrics a person looks at first, in display order, with their labels.
 HEADLINE_METRICS = (
-    ("rollout/truncation_rate", "rollout truncation rate"),
-    ("rollout/repetition_rate", "rollout repetition rate"),
-    ("rollout/mean_length", "mean response length (tokens)"),
-    ("token/repetitive_share", "repetitive-token share"),
-    ("token/adv_repetitive_mean", "advantage, repetitive tokens"),
-    ("token/adv_regular_mean", "advantage, regular tokens"),
-    ("token/eos_advantage_mean", "advantage, EOS tokens"),
-    ("token/teacher_logp_mean", "teacher log-prob"),
-    ("token/student_logp_mean", "student log-prob"),
+    (TRUNCATION_RATE, "rollout truncation rate"),
+    (REPETITION_RATE, "rollout repetition rate"),
+    (MEAN_LENGTH, "mean response length (tokens)"),
+    (REPETITIVE_SHARE, "repetitive-token share"),
+    (ADV_REPETITIVE_MEAN, "advantage, repetitive tokens"),
+    (ADV_REGULAR_MEAN, "advantage, regular tokens"),
+    (EOS_ADVANTAGE_MEAN, "advantage, EOS tokens"),
+    (TEACHER_LOGP_MEAN, "teacher log-prob"),
+    (STUDENT_LOGP_MEAN, "student log-prob"),
 )
 STALE_AFTER_S = 600.0
 
 
-def run_summary(run: Run) -> dict[str, Any]:
+def run_summary(run: RunSource) -> dict[str, Any]:
     """JSON-ready summary of a run: status (``stale`` when a running run stopped writing), steps, last
     train and val metrics."""
     steps = run.steps().collect()

@@ -16,7 +16,7 @@ and a warning and an alarm event are written around the collapse.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,17 +61,135 @@ def make_run(path: str | Path, *, steps: int, collapse_at: int | None = None, se
     return path
 
 
+def make_profile_run(path: str | Path, truncation: np.ndarray | list[float], *, seed: int = 0, rollouts: int = 12,
+                     budget: int = 32, exact: bool = False, close: bool = True, first_step: int = 1) -> Path:
+    """Write a run whose train step ``first_step + i`` has truncation probability ``truncation[i]``: each
+    rollout of the step loops until the budget (no EOS) with that probability, else ends with EOS
+    (``exact``: round(p x rollouts) of them do, for a designed value such as a 0.33 spike). No validation
+    and no events: the truncation story is all there is."""
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    rec = Recorder.create(path, config={"synthetic": "profile", "seed": seed},
+                          tokenizer_info={"eos_token_ids": [EOS_ID], "special_token_ids": [EOS_ID]},
+                          settings=SETTINGS, run_id=path.name)
+    for i, p in enumerate(np.clip(np.asarray(truncation, dtype=float), 0.0, 1.0)):
+        loops = None
+        if exact:
+            loops = np.zeros(rollouts, dtype=bool)
+            loops[rng.choice(rollouts, size=int(round(p * rollouts)), replace=False)] = True
+        batch = _batch(rng, rollouts, budget, float(p), 0.0, loops=loops)
+        rec.record_step(first_step + i, phase="train", **batch, metrics={"loss/total": float(rng.normal(0.5, 0.05))})
+    if close:
+        rec.close("finished")
+    return path
+
+
+@dataclass(frozen=True)
+class Case:
+    """A designed truncation story: the per-step probabilities, the onset step it was built with and the
+    verdict label it must get (see :func:`case`)."""
+
+    family: str
+    seed: int
+    truncation: np.ndarray     # probability per step, step 1 first
+    onset: int | None          # designed onset step (first raised step), None for runs without one
+    label: str
+    close: bool = True         # False: the run is still being written
+    exact: bool = False
+    rollouts: int = 12
+    episodes: tuple[tuple[int, int | None], ...] = ()  # designed collapse spans (first, last step; None: ongoing)
+
+    def record(self, path: str | Path) -> Path:
+        return make_profile_run(path, self.truncation, seed=1000 + self.seed, exact=self.exact, close=self.close,
+                                rollouts=self.rollouts)
+
+
+# The families of the verdict tests and of benchmarks/verdict_eval.py (seeds 0-2 tune, 3-9 are held out).
+FAMILIES = ("abrupt", "recovery", "partial", "slow", "chronic", "spike", "noisy", "running")
+
+
+def case(family: str, seed: int) -> Case:
+    """Case ``seed`` of ``family`` (onset, levels and durations drawn from the seed):
+
+    - abrupt: quiet 0.02-0.08, then 0.85-0.97 to the end (collapsed)
+    - recovery: collapse for 8-15 steps, then back to the quiet level (collapsed, recovered)
+    - partial: the demo's shape: a one-step ramp, 0.9-1.0 for 15-22 steps, a 5-step drift down, then a noisy
+      0.2-0.6 regime (collapsed, recovering)
+    - slow: ~200 quiet steps, a peak of 0.9+ for 8-12 steps, then chronic 0.3-0.6 (collapsed, recovering)
+    - chronic: quiet, then 0.3-0.5 to the end (degraded)
+    - spike: quiet with a single step at exactly 0.33 (healthy, no onset)
+    - noisy: stationary, each step's probability uniform in 0.02-0.25 (healthy, no onset)
+    - running: still being written; quiet, then 0.3 rising to 0.4 over its last 8-10 steps (inflating; 32
+      rollouts a step, so that the observed rate stays below the collapse level it is designed to miss)
+
+    Every case has 12 rollouts a step (running: 32).
+    """
+    rng = np.random.default_rng([FAMILIES.index(family), seed])
+
+    def quiet(n: int) -> np.ndarray:
+        return np.clip(rng.uniform(0.02, 0.08) + rng.normal(0, 0.015, n), 0, 1)
+
+    def level(lo: float, hi: float, n: int) -> np.ndarray:
+        return rng.uniform(lo, hi, n)
+
+    if family == "abrupt":
+        t0 = int(rng.integers(15, 31))
+        p = np.r_[quiet(t0 - 1), level(0.85, 0.97, 50 - t0 + 1)]
+        return Case(family, seed, p, t0, "collapsed", episodes=((t0, None),))
+    if family == "recovery":
+        t0, d = int(rng.integers(12, 23)), int(rng.integers(8, 16))
+        p = np.r_[quiet(t0 - 1), level(0.85, 0.97, d), quiet(60 - t0 + 1 - d)]
+        return Case(family, seed, p, t0, "collapsed, recovered", episodes=((t0, t0 + d - 1),))
+    if family == "partial":
+        t0, d = int(rng.integers(7, 16)), int(rng.integers(15, 23))
+        drift = np.linspace(0.85, 0.45, 5)
+        tail = 60 - (t0 - 1) - 1 - d - 5
+        p = np.r_[quiet(t0 - 1), [rng.uniform(0.4, 0.6)], level(0.9, 1.0, d), drift, level(0.2, 0.6, tail)]
+        # the drift's first four steps (0.85-0.55) are still at or above 0.5
+        return Case(family, seed, p, t0, "collapsed, recovering", episodes=((t0, t0 + d + 4),))
+    if family == "slow":
+        t0, d = int(rng.integers(190, 211)), int(rng.integers(8, 13))
+        p = np.r_[quiet(t0 - 1), [0.5], level(0.9, 1.0, d), level(0.3, 0.6, 30)]
+        return Case(family, seed, p, t0, "collapsed, recovering", episodes=((t0, t0 + d),))
+    if family == "chronic":
+        t0 = int(rng.integers(15, 26))
+        return Case(family, seed, np.r_[quiet(t0 - 1), level(0.3, 0.5, 60 - t0 + 1)], t0, "degraded")
+    if family == "spike":
+        p = quiet(60)
+        p[int(rng.integers(15, 45))] = 4 / 12
+        return Case(family, seed, p, None, "healthy", exact=True)
+    if family == "noisy":
+        return Case(family, seed, level(0.02, 0.25, 60), None, "healthy")
+    if family == "running":
+        n = int(rng.integers(8, 11))
+        t0 = 30 - n + 1
+        p = np.r_[quiet(t0 - 1), np.linspace(0.3, 0.4, n) + rng.normal(0, 0.02, n)]
+        return Case(family, seed, p, t0, "inflating", close=False, rollouts=32)
+    raise ValueError(f"unknown family {family!r}")
+
+
+def recorded_case(root: str | Path, family: str, seed: int) -> tuple[Path, Case]:
+    """:func:`case` recorded under ``root`` once (later calls with the same root reuse the directory)."""
+    c = case(family, seed)
+    path = Path(root) / f"{family}-{seed}"
+    if not (path / "manifest.json").exists():
+        c.record(path)
+    return path, c
+
+
 def thinned(settings: RecorderSettings | None = None, *, every_k: int = 2, fraction: float = 0.5) -> RecorderSettings:
     """Recorder settings that keep token rows only every ``every_k`` steps for ``fraction`` of rollouts."""
     return replace(settings or SETTINGS, token_every_k_steps=every_k, token_rollout_fraction=fraction)
 
 
 def _batch(rng: np.random.Generator, count: int, budget: int, loop_share: float,
-           base_truncation: float) -> dict[str, Any]:
+           base_truncation: float, *, loops: np.ndarray | None = None) -> dict[str, Any]:
+    """``count`` rollouts; each loops with probability ``loop_share`` (or where ``loops`` says so)."""
     ids, s_lp, t_lp, texts, reasons, correct, ends = [], [], [], [], [], [], []
-    for _ in range(count):
-        loops = rng.random() < loop_share
-        if loops:
+    for i in range(count):
+        draw = rng.random() < loop_share
+        loops_i = bool(loops[i]) if loops is not None else draw
+        if loops_i:
             head = _healthy_text(rng)[: int(rng.integers(4, 12))]
             chunk = _healthy_text(rng)[: int(rng.integers(3, 7))]
             text = (head + chunk * budget)[:budget]
@@ -86,7 +204,7 @@ def _batch(rng: np.random.Generator, count: int, budget: int, loop_share: float,
         n = len(tok)
         student = rng.normal(-1.0, 0.3, size=n)
         teacher = rng.normal(-1.3, 0.5, size=n)
-        if loops:  # the teacher continues a loop happily once it has started
+        if loops_i:  # the teacher continues a loop happily once it has started
             start = len(head) + len(chunk)
             teacher[start:] = rng.normal(-0.2, 0.1, size=max(0, n - start))
         ids.append(tok)

@@ -1,24 +1,53 @@
 """The trainer's configuration: one frozen dataclass tree, loaded from YAML plus `key=value` overrides.
 
 `load_config(path, overrides)` resolves and validates everything before any model is loaded; every bad
-value raises `OpdwatchError` with one line (the CLI turns it into exit code 2). `config_to_dict` gives the
-resolved tree that
-goes into the run manifest.
+value raises `OpdwatchError` with one line naming its dotted key (the CLI turns it into exit code 2).
+Parsing, typing and the override path are opdwatch.config_tree's, shared with `opdwatch detect`; each section
+validates its own fields in `validate()`, and `TrainConfig.validate()` checks what spans sections.
+`config_to_dict` gives the resolved tree that goes into the run manifest.
+
+Torch-free (`opdwatch train` validates a config before the trainer's heavy imports): the names of the rollout
+engines and the estimators are listed here, and a test keeps them equal to their registries
+(trainer.engines.ENGINES, trainer.variants.ESTIMATORS), which import torch.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 import yaml
 
+from opdwatch.config_tree import build, load_yaml, merge, nest, parse_assignments, to_dict
+from opdwatch.config_tree import with_overrides as _with_overrides
 from opdwatch.detector.settings import WatchConfig  # torch-free, shared with opdwatch detect
 from opdwatch.errors import OpdwatchError
+from opdwatch.loggers import WandbConfig
+from opdwatch.recorder import RecorderSettings
+
+ENGINE_KINDS = ("hf", "vllm")  # keys of trainer.engines.ENGINES
+ESTIMATOR_NAMES = ("sampled_token", "topk_reverse_kl")  # keys of trainer.variants.ESTIMATORS
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise OpdwatchError(message)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_run_name(name: str) -> None:
+    # run_dir is output_dir / name: anything but one plain component would put the run elsewhere ("..": into
+    # the parent of output_dir) or hide it from the readers (a leading dot marks temp and hidden files)
+    plain = (bool(name.strip()) and not name.startswith(".") and "/" not in name and "\\" not in name
+             and not _CONTROL.search(name))
+    _check(plain, f"name={name!r}: must be one directory name under run.output_dir (not empty, no / or \\, "
+                  "no control characters, not starting with '.')")
 
 
 @dataclass(frozen=True)
@@ -29,6 +58,10 @@ class RunConfig:
     seed: int = 0  # seeds model init of the demo student's OPD sampling, prompt order and torch
     threads: int = 2  # torch.set_num_threads; the trajectory depends on it (float summation order)
     progress: bool = True  # show a progress bar
+
+    def validate(self) -> None:
+        _check_run_name(self.name)
+        _check(self.threads >= 1, f"threads={self.threads}: must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -43,6 +76,15 @@ class DataConfig:
     min_ops: int = 1  # synthetic: fewest operations per question
     max_ops: int = 4  # synthetic: most operations per question
     sft_fraction: float = 0.5  # file sources: share of non-validation records used for SFT
+
+    def validate(self) -> None:
+        _check(self.source == "synthetic" or Path(self.source).exists(),
+               f"source={self.source!r}: not 'synthetic' and no such file")
+        _check(self.min_ops >= 1 and self.max_ops >= self.min_ops,
+               f"min_ops/max_ops={self.min_ops}/{self.max_ops}: need 1 <= min_ops <= max_ops")
+        for name in ("sft_size", "opd_size", "val_size"):
+            _check(getattr(self, name) >= 1, f"{name}={getattr(self, name)}: must be >= 1")
+        _check(0.0 <= self.sft_fraction < 1.0, f"sft_fraction={self.sft_fraction}: must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -72,6 +114,15 @@ class TinyModelConfig:
     copy_chunk_min: int = 3  # shortest repeated chunk (characters)
     copy_chunk_max: int = 14  # longest repeated chunk (characters)
 
+    def validate(self) -> None:
+        _check(self.hidden >= 1 and self.layers >= 1 and self.heads >= 1 and self.hidden % self.heads == 0,
+               f"hidden={self.hidden} must be a positive multiple of heads={self.heads}")
+        _check(self.sft_steps >= 0 and self.copy_steps >= 0, "sft_steps and copy_steps must be >= 0")
+        _check(0.0 <= self.copy_fraction <= 1.0, f"copy_fraction={self.copy_fraction}: must be in [0, 1]")
+        _check(1 <= self.copy_chunk_min <= self.copy_chunk_max,
+               f"copy_chunk_min/copy_chunk_max={self.copy_chunk_min}/{self.copy_chunk_max}: need "
+               "1 <= copy_chunk_min <= copy_chunk_max")
+
 
 def _teacher_default() -> TinyModelConfig:
     return TinyModelConfig(hidden=128, layers=4, intermediate=384, sft_steps=800, copy_steps=400, copy_fraction=0.3)
@@ -91,6 +142,9 @@ class WarmupConfig:
     lr: float = 3e-3  # peak learning rate
     batch_size: int = 32  # golden examples per step
 
+    def validate(self) -> None:
+        _check(self.steps >= 0 and self.lr > 0, "steps must be >= 0 and lr > 0")
+
 
 @dataclass(frozen=True)
 class RolloutConfig:
@@ -104,6 +158,13 @@ class RolloutConfig:
     # do not depend on how rollouts are split over ranks, so a torchrun run reproduces a one-process run
     counter_rng: bool = False
 
+    def validate(self) -> None:
+        _check(self.prompts_per_step >= 1 and self.samples_per_prompt >= 1,
+               "prompts_per_step and samples_per_prompt must be >= 1")
+        _check(self.temperature > 0, f"temperature={self.temperature}: must be > 0 (OPD samples from the student)")
+        _check(0.0 < self.top_p <= 1.0, f"top_p={self.top_p}: must be in (0, 1]")
+        _check(self.max_new_tokens >= 1, f"max_new_tokens={self.max_new_tokens}: must be >= 1")
+
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
@@ -111,6 +172,11 @@ class ObjectiveConfig:
     estimator: str = "sampled_token"  # key of trainer.variants.ESTIMATORS: sampled_token | topk_reverse_kl
     topk: int = 32  # teacher support size K of topk_reverse_kl
     mask_special_tokens: bool = False  # chat-template and other special tokens get no loss (EOS keeps it)
+
+    def validate(self) -> None:
+        _check(self.estimator in ESTIMATOR_NAMES,
+               f"estimator={self.estimator!r}: one of {', '.join(sorted(ESTIMATOR_NAMES))}")
+        _check(self.topk >= 1, f"topk={self.topk}: must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -127,6 +193,11 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.4  # vllm: share of GPU memory for weights + KV cache (colocated training)
     # hf: decode Llama/Qwen2 models with trainer.fast_decode (same math, ~2x tokens/s); false = the HF forward loop
     fast_decode: bool = True
+
+    def validate(self) -> None:
+        _check(self.kind in ENGINE_KINDS, f"kind={self.kind!r}: one of {', '.join(sorted(ENGINE_KINDS))}")
+        _check(0 < self.gpu_memory_utilization <= 1,
+               f"gpu_memory_utilization={self.gpu_memory_utilization}: must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -153,6 +224,16 @@ class OPDConfig:
     micro_rows: int = 0  # rollouts per forward/backward inside a minibatch (gradient accumulation); > 0 also
     # recomputes reference logits per micro-batch instead of keeping (B, T, V) of them
 
+    def validate(self) -> None:
+        _check(self.steps >= 0, f"steps={self.steps}: must be >= 0")
+        _check(math.isfinite(self.lr) and self.lr > 0, f"lr={self.lr}: must be a positive number")
+        _check(self.warmup_steps >= 0, f"warmup_steps={self.warmup_steps}: must be >= 0")
+        _check(0.0 < self.clip_eps < 1.0, f"clip_eps={self.clip_eps}: must be in (0, 1)")
+        _check(self.minibatches >= 1, f"minibatches={self.minibatches}: must be >= 1")
+        _check(self.grad_clip > 0, f"grad_clip={self.grad_clip}: must be > 0")
+        _check(self.beta >= 0 and self.alpha >= 0, f"beta={self.beta}, alpha={self.alpha}: must be >= 0")
+        _check(self.score_chunk_rows >= 0 and self.micro_rows >= 0, "score_chunk_rows and micro_rows must be >= 0")
+
 
 @dataclass(frozen=True)
 class ValConfig:
@@ -162,6 +243,11 @@ class ValConfig:
     temperature: float = 1.0  # sampled, like the paper's avg@k
     max_new_tokens: int = 128  # generation budget
 
+    def validate(self) -> None:
+        _check(self.every >= 0 and self.num_prompts >= 1, "every must be >= 0 and num_prompts >= 1")
+        _check(self.temperature >= 0, f"temperature={self.temperature}: must be >= 0 (0 = greedy)")
+        _check(self.max_new_tokens >= 1, f"max_new_tokens={self.max_new_tokens}: must be >= 1")
+
 
 @dataclass(frozen=True)
 class CheckpointConfig:
@@ -169,129 +255,82 @@ class CheckpointConfig:
     every: int = 25  # checkpoint every N steps (and at the end); 0 = only at the end
     keep: int = 2  # most recent checkpoints kept
 
+    def validate(self) -> None:
+        _check(self.every >= 0 and self.keep >= 1, "every must be >= 0 and keep >= 1")
+
+
+def _recorder_default() -> RecorderSettings:
+    # The demo's responses are <= 128 characters, so the paper's 10k-character tail window (RecorderSettings'
+    # default, for real models) would never fill: the trainer defaults to the window and threshold its presets
+    # use (golden texts have zlib ratio >= 0.89, verbatim loops 0.29-0.31).
+    return RecorderSettings(tail_window=64, tail_threshold=0.5)
+
 
 @dataclass(frozen=True)
-class RecorderConfig:
-    # Recorder (opdwatch run format)
-    tail_window: int = 64  # characters in the zlib tail window
-    tail_threshold: float = 0.5  # zlib ratio below which a rollout is repetitive
-    ngram_n: int = 5  # n of the repeated-n-gram token flag
-    token_every_k_steps: int = 1  # write token rows every k steps
-    token_rollout_fraction: float = 1.0  # share of rollouts whose token rows are written
+class LogConfig:
+    # Where step metrics go besides the run directory (opdwatch.loggers), whatever watch.mode is
+    wandb: WandbConfig = field(default_factory=WandbConfig)  # a wandb run (rank 0); the watch's alerts go there too
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    run: RunConfig = field(default_factory=RunConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    models: ModelsConfig = field(default_factory=ModelsConfig)
-    demo: DemoConfig = field(default_factory=DemoConfig)
-    warmup: WarmupConfig = field(default_factory=WarmupConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    opd: OPDConfig = field(default_factory=OPDConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    tokens: TokensConfig = field(default_factory=TokensConfig)
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    val: ValConfig = field(default_factory=ValConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    recorder: RecorderConfig = field(default_factory=RecorderConfig)
+    run: RunConfig = field(default_factory=RunConfig)  # run directory, seeds, threads
+    data: DataConfig = field(default_factory=DataConfig)  # the task's data
+    models: ModelsConfig = field(default_factory=ModelsConfig)  # student, teacher, reference
+    demo: DemoConfig = field(default_factory=DemoConfig)  # recipes of the demo models
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)  # SFT warm-up before OPD
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # sampling
+    opd: OPDConfig = field(default_factory=OPDConfig)  # optimisation
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # the distillation term's estimator
+    tokens: TokensConfig = field(default_factory=TokensConfig)  # student/teacher tokenizer mapping
+    engine: EngineConfig = field(default_factory=EngineConfig)  # rollout engine
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)  # torchrun / FSDP
+    val: ValConfig = field(default_factory=ValConfig)  # validation
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # checkpoints
+    recorder: RecorderSettings = field(default_factory=_recorder_default)  # the run recorder's settings
     # early-warning detector + interventions (docs/detector.md); mode off | warn | act
     watch: WatchConfig = field(default_factory=WatchConfig)
+    log: LogConfig = field(default_factory=LogConfig)  # metric loggers (wandb)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.run.output_dir) / self.run.name
 
+    @property
+    def wandb(self) -> WandbConfig:
+        """The wandb run to log into: `log.wandb`, or else the older place `watch.wandb` (its enabled,
+        project, entity and mode; presets written before `log:` existed still turn wandb on that way)."""
+        if self.log.wandb.enabled or not self.watch.wandb.enabled:
+            return self.log.wandb
+        w = self.watch.wandb
+        return WandbConfig(enabled=True, project=w.project, entity=w.entity, mode=w.mode)
+
+    def validate(self) -> None:
+        """Checks that span sections (each section has checked its own fields already)."""
+        o, r = self.opd, self.rollout
+        _check(o.minibatches <= r.prompts_per_step,
+               f"opd.minibatches={o.minibatches}: must be in [1, rollout.prompts_per_step={r.prompts_per_step}]")
+
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Instantiate dataclass `cls` from a nested dict, checking keys and coercing scalar types."""
-    if not isinstance(data, dict):
-        raise OpdwatchError(
-            f"config section {where.rstrip('.') or 'root'!r} must be a mapping, got {type(data).__name__}"
-        )
-    hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    for key in data:
-        if key not in known:  # f-string, not +: YAML reads a key such as 1 or null as a non-string
-            raise OpdwatchError(f"unknown config key {f'{where}{key}'!r} (known: {', '.join(sorted(known))})")
-    kwargs = {}
-    for f in fields(cls):
-        if f.name not in data:
-            continue
-        hint, value, name = hints[f.name], data[f.name], where + f.name
-        if dataclasses.is_dataclass(hint):
-            kwargs[f.name] = _build(hint, value, name + ".")
-        else:
-            kwargs[f.name] = _coerce(value, hint, name)
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, hint: type, name: str) -> Any:
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise OpdwatchError(f"config {name}={value!r}: expected {hint.__name__}")
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise OpdwatchError(f"override {dotted!r}: {part!r} is not a section")
-    node[parts[-1]] = value
+    return to_dict(config)
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """`["opd.lr=1e-3", "run.name=x"]` -> nested dict; values are parsed as YAML scalars."""
-    tree: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise OpdwatchError(f"override {item!r} must look like key=value (e.g. opd.lr=1e-3)")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        _set_dotted(tree, key.strip(), value)
-    return tree
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = (
-            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        )
-    return out
+    return nest(parse_assignments(overrides))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML preset (or defaults when `path` is None), apply overrides, validate."""
     tree = {} if path is None else read_yaml(resolve_preset(path))
-    tree = _merge(tree, parse_overrides(overrides or []))
-    config = _build(TrainConfig, tree, "")
-    validate(config)
-    return config
+    return build(TrainConfig, merge(tree, parse_overrides(overrides or [])))
+
+
+def with_overrides(config: TrainConfig, overrides: list[str] | Mapping[str, Any]) -> TrainConfig:
+    """A copy of `config` with `key=value` strings (or a `{dotted key: value}` mapping) applied and validated."""
+    flat = parse_assignments(overrides) if isinstance(overrides, list) else overrides
+    return _with_overrides(config, flat)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -302,7 +341,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
         raise OpdwatchError(f"config file {path}: cannot be read ({reason})") from None
     try:
-        tree = yaml.safe_load(text)
+        tree = load_yaml(text)  # as `key=value` values are read (opdwatch.config_tree)
     except yaml.YAMLError as exc:
         raise OpdwatchError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if tree is None:
@@ -327,114 +366,3 @@ def resolve_preset(path: str | Path) -> Path:
         return preset
     known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
     raise OpdwatchError(f"config file not found: {path} (presets: {known})")
-
-
-def with_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
-    """A copy of `config` with `key=value` overrides applied and validated."""
-    config = _build(TrainConfig, _merge(config_to_dict(config), parse_overrides(overrides)), "")
-    validate(config)
-    return config
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise OpdwatchError(message)
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _check_strings(tree: dict[str, Any], where: str = "") -> None:
-    """A NUL cannot be in a path (the OS refuses it, Python raises ValueError deep in the run): say which field."""
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            _check_strings(value, f"{where}{key}.")
-        elif isinstance(value, str):
-            _check("\x00" not in value, f"{where}{key}={value!r}: contains a NUL character")
-
-
-def _check_run_name(name: str) -> None:
-    # run_dir is output_dir / name: anything but one plain component would put the run elsewhere ("..": into
-    # the parent of output_dir) or hide it from the readers (a leading dot marks temp and hidden files)
-    plain = (bool(name.strip()) and not name.startswith(".") and "/" not in name and "\\" not in name
-             and not _CONTROL.search(name))
-    _check(plain, f"run.name={name!r}: must be one directory name under run.output_dir (not empty, no / or \\, "
-                  "no control characters, not starting with '.')")
-
-
-def validate(c: TrainConfig) -> None:
-    """Reject values that would fail (or silently do nothing) later, before any model is loaded."""
-    _check_strings(config_to_dict(c))
-    c.watch.validate()  # one-line OpdwatchError on a bad watch.* value
-    _check_run_name(c.run.name)
-    _check(c.run.threads >= 1, f"run.threads={c.run.threads}: must be >= 1")
-    _check(
-        c.data.source == "synthetic" or Path(c.data.source).exists(),
-        f"data.source={c.data.source!r}: not 'synthetic' and no such file",
-    )
-    _check(
-        c.data.min_ops >= 1 and c.data.max_ops >= c.data.min_ops,
-        f"data.min_ops/max_ops={c.data.min_ops}/{c.data.max_ops}: need 1 <= min_ops <= max_ops",
-    )
-    for name in ("sft_size", "opd_size", "val_size"):
-        _check(getattr(c.data, name) >= 1, f"data.{name}={getattr(c.data, name)}: must be >= 1")
-    _check(0.0 <= c.data.sft_fraction < 1.0, f"data.sft_fraction={c.data.sft_fraction}: must be in [0, 1)")
-    for role in ("student", "teacher"):
-        tiny: TinyModelConfig = getattr(c.demo, role)
-        _check(
-            tiny.hidden >= 1 and tiny.layers >= 1 and tiny.heads >= 1 and tiny.hidden % tiny.heads == 0,
-            f"demo.{role}: hidden={tiny.hidden} must be a positive multiple of heads={tiny.heads}",
-        )
-        _check(tiny.sft_steps >= 0 and tiny.copy_steps >= 0, f"demo.{role}: step counts must be >= 0")
-        _check(
-            0.0 <= tiny.copy_fraction <= 1.0,
-            f"demo.{role}.copy_fraction={tiny.copy_fraction}: must be in [0, 1]",
-        )
-        _check(
-            1 <= tiny.copy_chunk_min <= tiny.copy_chunk_max,
-            f"demo.{role}: need 1 <= copy_chunk_min <= copy_chunk_max",
-        )
-    r = c.rollout
-    _check(
-        r.prompts_per_step >= 1 and r.samples_per_prompt >= 1,
-        "rollout.prompts_per_step and samples_per_prompt must be >= 1",
-    )
-    _check(
-        r.temperature > 0, f"rollout.temperature={r.temperature}: must be > 0 (OPD samples from the student)"
-    )
-    _check(0.0 < r.top_p <= 1.0, f"rollout.top_p={r.top_p}: must be in (0, 1]")
-    _check(r.max_new_tokens >= 1, f"rollout.max_new_tokens={r.max_new_tokens}: must be >= 1")
-    o = c.opd
-    _check(o.steps >= 0, f"opd.steps={o.steps}: must be >= 0")
-    _check(math.isfinite(o.lr) and o.lr > 0, f"opd.lr={o.lr}: must be a positive number")
-    _check(o.warmup_steps >= 0, f"opd.warmup_steps={o.warmup_steps}: must be >= 0")
-    _check(0.0 < o.clip_eps < 1.0, f"opd.clip_eps={o.clip_eps}: must be in (0, 1)")
-    _check(
-        1 <= o.minibatches <= r.prompts_per_step,
-        f"opd.minibatches={o.minibatches}: must be in [1, rollout.prompts_per_step={r.prompts_per_step}]",
-    )
-    _check(o.grad_clip > 0, f"opd.grad_clip={o.grad_clip}: must be > 0")
-    _check(o.beta >= 0 and o.alpha >= 0, f"opd.beta={o.beta}, opd.alpha={o.alpha}: must be >= 0")
-    _check(c.warmup.steps >= 0 and c.warmup.lr > 0, "warmup.steps must be >= 0 and warmup.lr > 0")
-    _check(c.val.every >= 0 and c.val.num_prompts >= 1, "val.every must be >= 0 and val.num_prompts >= 1")
-    _check(c.val.temperature >= 0, f"val.temperature={c.val.temperature}: must be >= 0 (0 = greedy)")
-    _check(c.val.max_new_tokens >= 1, f"val.max_new_tokens={c.val.max_new_tokens}: must be >= 1")
-    _check(c.checkpoint.every >= 0 and c.checkpoint.keep >= 1, "checkpoint.every must be >= 0 and keep >= 1")
-    from trainer.engines import ENGINES  # registries live beside their functions
-    from trainer.variants import ESTIMATORS
-
-    _check(c.objective.estimator in ESTIMATORS,
-           f"objective.estimator={c.objective.estimator!r}: one of {', '.join(sorted(ESTIMATORS))}")
-    _check(c.objective.topk >= 1, f"objective.topk={c.objective.topk}: must be >= 1")
-    _check(o.score_chunk_rows >= 0 and o.micro_rows >= 0, "opd.score_chunk_rows and opd.micro_rows must be >= 0")
-    _check(c.engine.kind in ENGINES, f"engine.kind={c.engine.kind!r}: one of {', '.join(sorted(ENGINES))}")
-    _check(0 < c.engine.gpu_memory_utilization <= 1, "engine.gpu_memory_utilization must be in (0, 1]")
-    rec = c.recorder
-    _check(
-        rec.tail_window >= 1 and 0 < rec.tail_threshold <= 1 and rec.ngram_n >= 1,
-        "recorder: need tail_window >= 1, 0 < tail_threshold <= 1, ngram_n >= 1",
-    )
-    _check(
-        rec.token_every_k_steps >= 1 and 0 < rec.token_rollout_fraction <= 1,
-        "recorder: need token_every_k_steps >= 1 and 0 < token_rollout_fraction <= 1",
-    )

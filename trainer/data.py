@@ -84,7 +84,7 @@ def load_examples(path: str | Path) -> list[Example]:
 
 
 def file_splits(path: str, val_path: str | None, val_size: int, sft_fraction: float, seed: int) -> Splits:
-    """Split a file into SFT / OPD / validation parts (validation from `val_path` when given)."""
+    """Split a file into the SFT / OPD / validation sets (validation from `val_path` when given)."""
     examples = load_examples(path)
     random.Random(seed).shuffle(examples)
     val = load_examples(val_path) if val_path else examples[:val_size]

@@ -25,16 +25,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from opdwatch.atomic import remove_stale_temps
-from trainer.config import DataConfig, TinyModelConfig, TrainConfig
 from trainer.data import Example, make_splits
 from trainer.models import save_model_dir, tiny_llama
 from trainer.sft import golden_sequence, pack_right, repetitive_sequence, sft_train
 from trainer.tokenizer import DEMO_CHARS, build_char_tokenizer
+
+if TYPE_CHECKING:  # annotations only: the recipes need no runtime edge back to the config module
+    from trainer.config import DataConfig, TinyModelConfig, TrainConfig
 
 RECIPE_VERSION = 2  # bump when the recipe code changes, to invalidate caches
 BUILD_THREADS = 2  # torch threads of every build (2: what the demo runs on by default)

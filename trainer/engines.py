@@ -14,20 +14,20 @@ import torch
 from trainer.hf_engine import HFEngine
 
 
-def build_hf(config: Any, parts: Any, generator: torch.Generator) -> HFEngine:
-    tok = parts.tokenizer
-    return HFEngine(parts.rollout_student, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, generator=generator,
-                    stop_ids=parts.mapping.student_stop_ids, counter_rng=config.rollout.counter_rng,
+def build_hf(config: Any, components: Any, generator: torch.Generator) -> HFEngine:
+    tok = components.tokenizer
+    return HFEngine(components.rollout_student, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, generator=generator,
+                    stop_ids=components.mapping.student_stop_ids, counter_rng=config.rollout.counter_rng,
                     fast=config.engine.fast_decode)
 
 
-def build_vllm(config: Any, parts: Any, generator: torch.Generator) -> Any:
+def build_vllm(config: Any, components: Any, generator: torch.Generator) -> Any:
     from trainer.components import model_path
     from trainer.vllm_engine import VLLMEngine
 
-    return VLLMEngine.launch(model_path(config, "student"), stop_ids=parts.mapping.student_stop_ids,
-                             pad_id=parts.tokenizer.pad_token_id, student=parts.student, seed=config.run.seed,
-                             synced=parts.student_matches_files,
+    return VLLMEngine.launch(model_path(config, "student"), stop_ids=components.mapping.student_stop_ids,
+                             pad_id=components.tokenizer.pad_token_id, student=components.student,
+                             seed=config.run.seed, synced=components.student_matches_files,
                              dtype=config.engine.dtype, gpu_memory_utilization=config.engine.gpu_memory_utilization)
 
 

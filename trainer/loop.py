@@ -6,8 +6,9 @@
 Each OPD step: sample B = prompts x samples rollouts from the student (temperature 1, KV-cache loop);
 score them with the student (pi_old), the teacher and the reference; advantage = teacher - student log-prob
 of the sampled token; `minibatches` clipped-surrogate updates (+ beta * KL to the reference + alpha * golden
-SFT, with beta and
-alpha read from the controller every step); record everything into an opdwatch run directory.
+SFT, with beta and alpha read from the controller every step); record everything into an opdwatch run
+directory, and log each step's summary through a metric logger (wandb when `log.wandb` is on) whatever the
+watch does.
 Where we differ from the paper: token-mean losses over the minibatch, Adam at a constant lr, tiny models.
 """
 
@@ -28,11 +29,12 @@ from opdwatch import aggregates
 from opdwatch.detector.settings import WatchConfig
 from opdwatch.errors import OpdwatchError
 from opdwatch.format import EVENTS_DIR, MANIFEST, TABLES
-from opdwatch.recorder import Recorder, RecorderSettings
+from opdwatch.loggers import MetricLogger, NullLogger, WandbLogger
+from opdwatch.recorder import Recorder
 from trainer.checkpoint import CHECKPOINTS, load_latest, save_checkpoint
 from trainer.components import Components, build_components, tokenizer_info
 from trainer.config import TrainConfig, config_to_dict
-from trainer.controller import Controller
+from trainer.controller import Controller, record_events
 from trainer.data import Example, prompt_ids, solution_ids
 from trainer.distributed import (
     SINGLE,
@@ -91,60 +93,66 @@ def train(
     start_over = broadcast_object(start_over, env)
 
     with main_first(env):  # rank 0 builds and caches demo models before the other ranks load them
-        parts = build_components(config)
+        components = build_components(config)
         if start_over and env.is_main:  # after the models loaded: a config that fails to load loses nothing
             drop_recorded(run_dir)
     if ckpt is None:
-        sft_warmup(config, parts)  # on the full student: every rank runs the same warm-up
+        sft_warmup(config, components)  # on the full student: every rank runs the same warm-up
     if config.distributed.fsdp:  # shard after the warm-up; rollouts then sample from an unsharded copy
-        parts.rollout_copy = RolloutCopy(parts.student) if config.engine.kind == "hf" else None
-        shard_student(parts.student, env)
-    student, tok = parts.student, parts.tokenizer
+        components.rollout_copy = RolloutCopy(components.student) if config.engine.kind == "hf" else None
+        shard_student(components.student, env)
+    student, tok = components.student, components.tokenizer
     optimizer = torch.optim.Adam(student.parameters(), lr=config.opd.lr)  # after sharding: it holds the shards
     controller = controller or Controller(beta=config.opd.beta, alpha=config.opd.alpha)
     sampler_rng = torch.Generator().manual_seed(config.run.seed)  # rollout sampling
     prompt_rng = random.Random(config.run.seed)  # prompt order
-    engine = ENGINES[config.engine.kind](config, parts, sampler_rng)
+    engine = ENGINES[config.engine.kind](config, components, sampler_rng)
     if ckpt is not None:
-        restore(ckpt, parts, optimizer, controller, sampler_rng, prompt_rng)
+        restore(ckpt, components, optimizer, controller, sampler_rng, prompt_rng)
     start = 1 if ckpt is None else ckpt["step"] + 1
 
     rec = Recorder.create(
         run_dir,
         config=config_to_dict(config),
-        tokenizer_info=tokenizer_info(tok, parts.mapping),
-        settings=RecorderSettings(**config_to_dict(config.recorder)),
+        tokenizer_info=tokenizer_info(tok, components.mapping),
+        settings=config.recorder,
         rank=env.rank,
         world_size=env.world_size,
         resume_from_step=None if ckpt is None else ckpt["step"],
     )
-    # The early-warning watch (trainer/watch.py): detector, alerts and beta/alpha interventions per
-    # config.watch.mode; rank 0 only, since it sees the global step metrics.
-    # only (sync_controller hands its beta/alpha to the other ranks); rollbacks only in single-process runs.
-    watch = TrainerWatch(config.watch if env.is_main else WatchConfig(mode="off"), rec, run_name=config.run.name,
-                         run_config=config_to_dict(config), wandb_dir=run_dir, beta=controller.beta,
-                         alpha=controller.alpha, restore=None if env.world_size > 1 else
-                         lambda max_step: restore_healthy(run_dir, max_step, student, optimizer))
+    logger: MetricLogger = NullLogger()
+    watch: TrainerWatch | None = None
     try:
+        # wandb starts inside the try, so that a failure to start it is recorded and marks the run failed
+        wandb = wandb_logger(config) if env.is_main else None
+        logger = wandb or NullLogger()
+        # The early-warning watch (trainer/watch.py): detector, alerts and beta/alpha interventions per
+        # config.watch.mode. Rank 0 only, since only it sees the global step metrics; sync_controller hands its
+        # beta/alpha to the other ranks. Rollbacks only in single-process runs (each rank would have to load
+        # the checkpoint); its alerts go into the loop's wandb run.
+        watch = TrainerWatch(config.watch if env.is_main else WatchConfig(mode="off"), rec, controller=controller,
+                             logger=wandb, run_name=config.run.name, restore=None if env.world_size > 1 else
+                             lambda max_step: restore_healthy(run_dir, max_step, student, optimizer))
         if ckpt is not None:  # continue watching where the checkpoint left off (none saved there: start afresh)
             watch.resume(ckpt.get("watch"), ckpt["step"])
         if ckpt is None and env.is_main:
             rec.event("info", step=0, message=f"start: beta={controller.beta:g}, alpha={controller.alpha:g}",
                       beta=controller.beta, alpha=controller.alpha)
             if config.val.every:
-                run_validation(config, parts, engine, rec, step=0)
+                run_validation(config, components, engine, rec, step=0)
         record_interventions(rec, controller, env)  # changes made before training started
         bar = tqdm(range(start, config.opd.steps + 1), desc=config.run.name,
                    disable=not config.run.progress or not env.is_main, initial=start - 1, total=config.opd.steps)
         val_accuracy = math.nan
         for step in bar:
-            summary = opd_step(config, parts, engine, optimizer, controller, rec, prompt_rng, step, env)
+            summary = opd_step(config, components, engine, optimizer, controller, rec, prompt_rng, step, env)
             controller.step = step
             if config.val.every and (step % config.val.every == 0 or step == config.opd.steps) and env.is_main:
-                summary.update(run_validation(config, parts, engine, rec, step=step))
+                summary.update(run_validation(config, components, engine, rec, step=step))
                 val_accuracy = summary["val/accuracy"]
             summary = broadcast_object(summary, env)  # every rank's hook sees rank 0's global summary
-            watch(step, summary, controller)  # may change beta/alpha for the next step
+            logger.log(step, summary)  # whatever watch.mode is
+            watch(step, summary)  # may change beta/alpha for the next step
             if on_step is not None:
                 on_step(step, summary, controller)  # a detector may change beta/alpha here ...
             sync_controller(controller, env)  # rank 0's beta/alpha win: replicas never train differently
@@ -152,7 +160,7 @@ def train(
             every = config.checkpoint.every
             if step == config.opd.steps or (every and step % every == 0):
                 # every rank: under FSDP gathering the full state is a collective; rank 0 writes it
-                state = checkpoint_state(step, parts, optimizer, controller, sampler_rng, prompt_rng, config,
+                state = checkpoint_state(step, components, optimizer, controller, sampler_rng, prompt_rng, config,
                                          watch=watch)
                 if env.is_main:
                     path = save_checkpoint(run_dir, step, state, config.checkpoint.keep)
@@ -161,14 +169,26 @@ def train(
                             rep=f"{summary['rollout/repetition_rate']:.2f}",
                             len=f"{summary['rollout/mean_length']:.0f}", val_acc=f"{val_accuracy:.2f}", refresh=False)
     except BaseException as exc:
-        watch.close()
+        if watch is not None:
+            watch.close()
+        logger.close()
         rec.event("error", step=controller.step, message=f"{type(exc).__name__}: {exc}"[:500])
         rec.close("failed")
         raise
-    watch.close()  # finishes a wandb run the watch started
+    watch.close()
+    logger.close()  # finishes the wandb run the loop started
     rec.close("finished")
     shutdown(env)
     return run_dir
+
+
+def wandb_logger(config: TrainConfig) -> WandbLogger | None:
+    """The run's wandb logger when `log.wandb` (or the older `watch.wandb`) is enabled, else None. Its files
+    go into the run directory, beside what opdwatch records."""
+    settings = config.wandb
+    if not settings.enabled:
+        return None
+    return WandbLogger(settings, name=config.run.name, config=config_to_dict(config), directory=config.run_dir)
 
 
 def continue_from(run_dir: Path, *, resume: bool, overwrite: bool, env: DistEnv = SINGLE) -> tuple[dict | None, bool]:
@@ -211,14 +231,15 @@ def drop_recorded(run_dir: Path) -> None:
 
 
 def record_interventions(rec: Recorder, controller: Controller, env: DistEnv = SINGLE) -> None:
-    for event in controller.drain() if env.is_main else ():  # other ranks hold rank 0's copy (sync_controller)
-        rec.event("intervention", step=event.step, message=event.message, beta=event.beta, alpha=event.alpha,
-                  reason=event.reason)
+    """Write what the controller queued (changes by the watch or a hook, restores): rank 0 only, since the
+    other ranks hold rank 0's copy of the queue (sync_controller)."""
+    if env.is_main:
+        record_events(rec, controller.drain())
 
 
 def opd_step(
     config: TrainConfig,
-    parts: Components,
+    components: Components,
     engine: RolloutEngine,
     optimizer: torch.optim.Optimizer,
     controller: Controller,
@@ -232,13 +253,13 @@ def opd_step(
     Data parallel: every rank draws the same prompts and takes its share of each minibatch; local positions
     index this rank's prompts, while `chosen` and the sampler's row numbers stay global.
     """
-    tok, r, S = parts.tokenizer, config.rollout, config.rollout.samples_per_prompt
+    tok, r, S = components.tokenizer, config.rollout, config.rollout.samples_per_prompt
     t0 = time.perf_counter()
-    chosen_all = prompt_rng.sample(range(len(parts.splits.opd)), r.prompts_per_step)
+    chosen_all = prompt_rng.sample(range(len(components.splits.opd)), r.prompts_per_step)
     shares = local_minibatches(r.prompts_per_step, config.opd.minibatches, env)  # global prompt positions
     mine = [g for share in shares for g in share]
     chosen = [chosen_all[g] for g in mine]
-    examples: list[Example] = [parts.splits.opd[i] for i in chosen]
+    examples: list[Example] = [components.splits.opd[i] for i in chosen]
     prompts_P = [prompt_ids(tok, ex.question) for ex in examples]
     prompts_B = [p for p in prompts_P for _ in range(S)]  # prompt-major: row = p * S + s
     engine.rows = ([g * S + s for g in mine for s in range(S)], r.prompts_per_step * S)  # global row numbers
@@ -248,11 +269,11 @@ def opd_step(
 
     estimator = ESTIMATORS[config.objective.estimator]
     seq = build_sequences(prompts_B, responses_B, tok.pad_token_id)
-    scores = score(seq, parts.student, parts.teacher, parts.reference, mapping=parts.mapping,
+    scores = score(seq, components.student, components.teacher, components.reference, mapping=components.mapping,
                    topk=config.objective.topk if estimator.needs_topk else 0,
                    chunk_rows=config.opd.score_chunk_rows, keep_ref_logits=config.opd.micro_rows == 0,
-                   masked_ids=parts.special_ids if config.objective.mask_special_tokens else (),
-                   stop_ids=parts.mapping.student_stop_ids if parts.mapping else (tok.eos_token_id,))
+                   masked_ids=components.special_ids if config.objective.mask_special_tokens else (),
+                   stop_ids=components.mapping.student_stop_ids if components.mapping else (tok.eos_token_id,))
     t2 = time.perf_counter()
 
     beta, alpha = controller.beta, controller.alpha  # read once per step: a change applies from the next step
@@ -272,7 +293,7 @@ def opd_step(
         )
         losses.append(
             minibatch_update(
-                parts.student,
+                components.student,
                 optimizer,
                 seq,
                 scores,
@@ -285,11 +306,11 @@ def opd_step(
                 estimator=estimator,
                 env=env,
                 micro_rows=config.opd.micro_rows,
-                reference=parts.reference,
+                reference=components.reference,
             )
         )
-    if parts.rollout_copy is not None:  # FSDP: the next rollouts (and validation) see the updated weights
-        parts.rollout_copy.refresh(parts.student)
+    if components.rollout_copy is not None:  # FSDP: the next rollouts (and validation) see the updated weights
+        components.rollout_copy.refresh(components.student)
     metrics = mean_metrics(losses)
     skipped = metrics["update/skipped_nonfinite"]
     if skipped and env.is_main:
@@ -332,21 +353,24 @@ def opd_step(
     if env.active:  # each rank recorded its rollouts; the step's metrics are over all ranks (rank 0 writes them)
         summary = {**aggregates.finalize(reduce_partials(rec.partials(step, "train"), env)), **metrics}
         rec.log_metrics(step, "train", summary)
-    timing = {"time/record": time.perf_counter() - t3}
+    # time/record_total: the loop's whole recording phase (decoding the texts, their character offsets,
+    # record_step and, under torchrun, the all-reduce of the partials). The recorder's own time/record is the
+    # time inside record_step alone, on this rank.
+    timing = {"time/record_total": time.perf_counter() - t3}
     rec.log_metrics(step, "train", timing)
     return {**summary, **timing}
 
 
 def run_validation(
-    config: TrainConfig, parts: Components, engine: RolloutEngine, rec: Recorder, step: int
+    config: TrainConfig, components: Components, engine: RolloutEngine, rec: Recorder, step: int
 ) -> dict[str, float]:
     """Sample the held-out prompts (own RNG stream per step), check answers, record as phase "val"."""
     t0 = time.perf_counter()
-    examples = parts.splits.val[: config.val.num_prompts]
+    examples = components.splits.val[: config.val.num_prompts]
     generator = torch.Generator().manual_seed(config.run.seed * 1_000_003 + step)
     res = validate(
         engine,
-        parts.tokenizer,
+        components.tokenizer,
         examples,
         SamplingParams(config.val.temperature, 1.0, config.val.max_new_tokens),
         generator,
@@ -370,25 +394,25 @@ def run_validation(
     }
 
 
-def sft_warmup(config: TrainConfig, parts: Components) -> None:
+def sft_warmup(config: TrainConfig, components: Components) -> None:
     """Optional golden SFT of the student before OPD; the reference then becomes the warmed-up student."""
     if config.warmup.steps == 0:
         return
-    parts.student_matches_files = False
-    tok, rng = parts.tokenizer, random.Random(config.run.seed)
+    components.student_matches_files = False
+    tok, rng = components.tokenizer, random.Random(config.run.seed)
 
     def make_batch(step: int) -> tuple[torch.Tensor, ...]:
-        seqs = [golden_sequence(tok, ex) for ex in rng.sample(parts.splits.sft, config.warmup.batch_size)]
+        seqs = [golden_sequence(tok, ex) for ex in rng.sample(components.splits.sft, config.warmup.batch_size)]
         return pack_right([s for s, _ in seqs], [m for _, m in seqs], tok.pad_token_id)
 
-    sft_train(parts.student, make_batch, steps=config.warmup.steps, lr=config.warmup.lr)
+    sft_train(components.student, make_batch, steps=config.warmup.steps, lr=config.warmup.lr)
     if config.models.reference == "student":
-        parts.reference.load_state_dict(parts.student.state_dict())
+        components.reference.load_state_dict(components.student.state_dict())
 
 
 def checkpoint_state(
     step: int,
-    parts: Components,
+    components: Components,
     optimizer: torch.optim.Optimizer,
     controller: Controller,
     sampler_rng: torch.Generator,
@@ -396,12 +420,12 @@ def checkpoint_state(
     config: TrainConfig,
     watch: TrainerWatch | None = None,
 ) -> dict:
-    sharded = is_sharded(parts.student)
+    sharded = is_sharded(components.student)
     state = {
         "step": step,
         # FSDP: full tensors gathered from the shards (same layout as one process), optimizer state by name
-        "student": full_model_state(parts.student) if sharded else parts.student.state_dict(),
-        "optimizer": full_optimizer_state(parts.student, optimizer) if sharded else optimizer.state_dict(),
+        "student": full_model_state(components.student) if sharded else components.student.state_dict(),
+        "optimizer": full_optimizer_state(components.student, optimizer) if sharded else optimizer.state_dict(),
         "optimizer_keys": "names" if sharded else "ids",
         "controller": controller.state_dict(),
         "rng": {
@@ -411,7 +435,7 @@ def checkpoint_state(
         },
     }
     if config.warmup.steps and config.models.reference == "student":
-        state["reference"] = parts.reference.state_dict()  # the warmed-up student is not on disk elsewhere
+        state["reference"] = components.reference.state_dict()  # the warmed-up student is not on disk elsewhere
     if watch is not None:  # detector baselines/statistics and policy cooldowns (None when the watch is off)
         state["watch"] = watch.state_dict()
     return state
@@ -419,23 +443,23 @@ def checkpoint_state(
 
 def restore(
     ckpt: dict,
-    parts: Components,
+    components: Components,
     optimizer: torch.optim.Optimizer,
     controller: Controller,
     sampler_rng: torch.Generator,
     prompt_rng: random.Random,
 ) -> None:
-    if is_sharded(parts.student) and ckpt.get("optimizer_keys") != "names":
+    if is_sharded(components.student) and ckpt.get("optimizer_keys") != "names":
         raise OpdwatchError("this checkpoint was written without FSDP: resume it with distributed.fsdp=false")
     if ckpt.get("optimizer_keys") == "names":
-        load_full_state(parts.student, optimizer, ckpt["student"], ckpt["optimizer"])
+        load_full_state(components.student, optimizer, ckpt["student"], ckpt["optimizer"])
     else:
-        parts.student.load_state_dict(ckpt["student"])
+        components.student.load_state_dict(ckpt["student"])
         optimizer.load_state_dict(ckpt["optimizer"])
-    if parts.rollout_copy is not None:
-        parts.rollout_copy.refresh(parts.student)
+    if components.rollout_copy is not None:
+        components.rollout_copy.refresh(components.student)
     if "reference" in ckpt:
-        parts.reference.load_state_dict(ckpt["reference"])
+        components.reference.load_state_dict(ckpt["reference"])
     controller.load_state_dict(ckpt["controller"])
     torch.set_rng_state(ckpt["rng"]["torch"])
     sampler_rng.set_state(ckpt["rng"]["sampler"])

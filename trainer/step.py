@@ -184,11 +184,11 @@ def minibatch_update(
     return metrics
 
 
-def mean_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
+def mean_metrics(per_minibatch: list[dict[str, float]]) -> dict[str, float]:
     """Average minibatch metrics; skip counts are summed. NaNs (from skipped minibatches) are left out."""
     out: dict[str, float] = {}
-    for key in parts[0]:
-        values = [p[key] for p in parts if math.isfinite(p[key])]
+    for key in per_minibatch[0]:
+        values = [m[key] for m in per_minibatch if math.isfinite(m[key])]
         if key == "update/skipped_nonfinite":
             out[key] = float(sum(values))
         else:

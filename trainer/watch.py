@@ -1,16 +1,17 @@
-"""The trainer's early-warning hook: once per OPD step, after the step is recorded, feed its metrics
-to the detector, write warnings/alarms/alerts into the run, and in ``watch.mode: act`` apply the policy's
-decisions through the beta/alpha controller (and optionally restore a healthy checkpoint).
+"""The trainer's early-warning hook: once per OPD step, after the step is recorded, feed its metrics to the
+detector (opdwatch/detector/watcher.py), which writes warnings/alarms/alerts into the run and in
+``watch.mode: act`` applies the policy's decisions to the loop's controller and restores healthy checkpoints.
 
-    watch = TrainerWatch(config.watch, rec, run_name=config.run.name, run_config=config_to_dict(config),
-                         wandb_dir=run_dir, restore=lambda max_step: restore_healthy(run_dir, max_step, ...))
+    watch = TrainerWatch(config.watch, rec, controller=controller, logger=wandb_logger, run_name=config.run.name,
+                         restore=lambda max_step: restore_healthy(run_dir, max_step, student, optimizer))
     ...
-    watch(step, summary, controller)     # in the step loop, after recording
+    watch(step, summary)                 # in the step loop, after recording
     state["watch"] = watch.state_dict()  # in a checkpoint; on resume: watch.resume(ckpt.get("watch"), step)
     watch.close()                        # after the loop
 
-Beta/alpha changes go through ``controller.set(reason=...)``, whose events the loop records as
-``intervention`` events; this hook records the rest (state changes, alerts, restores).
+Every change and restore becomes an event on the controller, which the loop writes (one writer of
+interventions: opdwatch.detector.knobs.record_events); this hook writes nothing itself but the note that a
+resume starts afresh. The wandb run is the loop's (its logger), so alerts land where the step metrics are.
 """
 
 from __future__ import annotations
@@ -29,51 +30,48 @@ from opdwatch.errors import OpdwatchError
 from trainer.checkpoint import list_checkpoints
 from trainer.controller import Controller
 
-Restore = Callable[[int], int | None]  # restore the newest checkpoint at or before a step; its step or None
+Restore = Callable[[int | None], int | None]  # newest checkpoint at or before a step -> its step, or None
+
+
+def _no_restore(max_step: int | None) -> int | None:
+    return None  # torchrun runs (and tests without checkpoints): a restore finds nothing, and says so
 
 
 class TrainerWatch:
-    def __init__(self, config: WatchConfig, recorder: Any, *, run_name: str = "",
-                 run_config: Mapping[str, Any] | None = None, wandb_dir: str | Path | None = None,
-                 restore: Restore | None = None, beta: float = 0.0, alpha: float = 0.0) -> None:
+    def __init__(self, config: WatchConfig, recorder: Any, *, controller: Controller, logger: Any = None,
+                 run_name: str = "", restore: Restore | None = None) -> None:
         self.config = config
         self.recorder = recorder
-        self.restore = restore
-        # record_decisions=False: the loop writes an "intervention" event for every controller change.
-        self.watcher = Watcher(config, recorder=recorder, beta=beta, alpha=alpha, run_name=run_name,
-                               run_config=run_config, wandb_dir=None if wandb_dir is None else str(wandb_dir),
-                               record_decisions=False)
-        self.last_ok_step: int | None = None  # last step the detector called healthy
+        self.watcher = Watcher(config, recorder=recorder, knobs=controller, logger=logger, run_name=run_name,
+                               restore=restore or _no_restore)
         self.last_state: DetectorState | None = None
 
-    def __call__(self, step: int, metrics: Mapping[str, float], controller: Controller) -> DetectorState | None:
+    @property
+    def last_ok_step(self) -> int | None:
+        """Last step the detector called healthy (a restore goes ``restore_margin_steps`` before it)."""
+        return self.watcher.last_ok_step
+
+    def __call__(self, step: int, metrics: Mapping[str, float]) -> DetectorState | None:
         if self.config.mode == "off":
             return None
-        state, decisions = self.watcher.step(step, metrics, beta=controller.beta, alpha=controller.alpha)
-        self.last_state = state
-        if state is not None and state.level in ("ok", "warmup"):
-            self.last_ok_step = step
-        for d in decisions:
-            if d.action in ("raise", "relax"):
-                controller.set(beta=d.beta, alpha=d.alpha, reason=d.reason)
-            elif d.action == "restore":
-                self._restore(step, d.reason)
-        return state
+        self.last_state, _ = self.watcher.step(step, metrics)
+        return self.last_state
 
     def state_dict(self) -> dict[str, Any] | None:
         """The watch's state for a checkpoint (plain Python, see opdwatch/detector/persist.py), or None when
         the watch is off (then there is nothing to continue: other ranks, or a run not being watched)."""
         if self.config.mode == "off":
             return None
-        return {"watcher": self.watcher.state_dict(), "last_ok_step": self.last_ok_step}
+        return {"watcher": self.watcher.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from :meth:`state_dict`; raises a one-line OpdwatchError for a state from other
         detector/policy settings (and changes nothing then)."""
         with reading("watch"):
-            last_ok = None if state["last_ok_step"] is None else int(state["last_ok_step"])
-            self.watcher.load_state_dict(state["watcher"])
-        self.last_ok_step = last_ok
+            watcher = dict(state["watcher"])
+            if "last_ok_step" not in watcher:  # checkpoints from before it moved into the watcher's state
+                watcher["last_ok_step"] = state["last_ok_step"]
+        self.watcher.load_state_dict(watcher)
 
     def resume(self, state: Mapping[str, Any] | None, step: int) -> None:
         """On resume after ``step``: continue from a checkpoint's ``"watch"`` entry, so that the resumed run
@@ -91,17 +89,6 @@ class TrainerWatch:
             except OpdwatchError as exc:
                 why = str(exc)
         self.recorder.event("info", step=step, message=f"watch starts afresh after the resume: {why}")
-
-    def _restore(self, step: int, reason: str) -> None:
-        margin = self.config.policy.restore_margin_steps
-        target = None if self.last_ok_step is None else self.last_ok_step - margin
-        restored = self.restore(target) if self.restore is not None and target is not None else None
-        if restored is None:
-            self.recorder.event("info", step=step, message=f"{reason}: no checkpoint at or before step {target}",
-                                action="restore", applied=False)
-        else:
-            self.recorder.event("intervention", step=step, message=f"{reason}: restored step {restored}",
-                                action="restore", applied=True, restored_step=restored)
 
     def close(self) -> None:
         self.watcher.close()

@@ -16,8 +16,19 @@ from dash import Input, Output, Patch, State, callback, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 from flask import current_app
 
-from dashboards.components import event_line, fmt, graph, href, query_value, refused, table, tokens_href
+from dashboards.components import (
+    detector_history,
+    event_line,
+    fmt,
+    graph,
+    href,
+    query_value,
+    refused,
+    table,
+    tokens_href,
+)
 from dashboards.state import ALERT_KINDS, Watched, registry
+from opdwatch.episodes import spans
 from opdwatch.errors import OpdwatchError
 from opdwatch.plots import (
     fig_length_distribution,
@@ -97,22 +108,35 @@ def refresh(_n: int | None, name: str, shown: dict | None) -> tuple[Any, ...]:
     return (*figs, meta(watched), detector(watched), events_table(watched), store)
 
 
-def signature(watched: Watched) -> tuple:
-    """What the figures draw besides points: the events shown as lines and the onset."""
+def run_verdict(watched: Watched):  # noqa: ANN201 - opdwatch.verdict.Verdict | None
+    """The verdict of the run's step series (what ``opdwatch analyze`` says), once per run version."""
     from opdwatch.verdict import verdict
 
-    series = watched.live.series()
-    onset = verdict(series).onset.step if series.height else None
+    def build():  # noqa: ANN202
+        series = watched.live.series()
+        return verdict(series) if series.height else None
+
+    return watched.cached("run-verdict", build)
+
+
+def signature(watched: Watched) -> tuple:
+    """What the figures draw besides points: the events shown as lines, the onset and the collapse
+    episodes (as text: the signature goes through the browser as JSON and is compared there)."""
+    v = run_verdict(watched)
+    onset = v.onset.step if v is not None else None
+    episodes = ";".join(f"{e.start}-{e.end}" for e in v.episodes) if v is not None else ""
     events = watched.live.events()
     drawn = events.filter(pl.col("kind").is_in(list(EVENT_COLORS)) & pl.col("step").is_not_null()).height
-    return (drawn, onset)
+    return (drawn, onset, episodes)
 
 
 def figures(watched: Watched, sig: tuple) -> list[Any]:
     """The run's figures from the shared plot functions (the same as ``opdwatch analyze`` draws)."""
     series = watched.live.series()
     label = watched.name
-    kw = {"events": {label: watched.live.events()}, "onsets": {label: sig[1]}}
+    v = run_verdict(watched)
+    kw = {"events": {label: watched.live.events()}, "onsets": {label: sig[1]},
+          "episodes": {label: spans(v.episodes) if v is not None else []}}
     out = [fn({label: series}, **kw) for _, fn in STEP_FIGURES]
     watched.figure_columns = {gid: trace_columns(fig) for (gid, _), fig in zip(STEP_FIGURES, out)}
     watched.figure_signature = sig
@@ -141,15 +165,19 @@ def patches(watched: Watched) -> list[Any]:
 
 def meta(watched: Watched) -> list[Any]:
     from opdwatch.series import token_source_note
-    from opdwatch.verdict import verdict
 
     live = watched.live
     series = live.series()
-    v = verdict(series)
+    v = run_verdict(watched)
+    head = html.Span(f"status {live.status}, last step {fmt(live.last_step)}, run id {live.run_id}. ")
+    if v is None:
+        return [head, html.Span("verdict: no steps yet", id="run-verdict")]
+    episodes = "; ".join(e.describe() + ("" if e.end is not None else ", ongoing") for e in v.episodes)
     return [
-        html.Span(f"status {live.status}, last step {fmt(live.last_step)}, run id {live.run_id}. "),
-        html.Span(f"verdict: {v.label}", className=f"opd-verdict-{v.label}", id="run-verdict"),
+        head,
+        html.Span(f"verdict: {v.label}", className=f"opd-verdict-{v.kind}", id="run-verdict"),
         html.Span(" — " + "; ".join(v.reasons[:3])),
+        html.Div(f"collapse episodes: {episodes}", id="run-episodes") if episodes else None,
         html.Div(token_source_note(series)),
     ]
 
@@ -165,11 +193,24 @@ def detector(watched: Watched) -> list[Any]:
         parts.append(f" at step {state.step}" + (f" ({state.reason})" if state.reason else ""))
         if state.evidence:
             parts.append(": " + "; ".join(e.describe() for e in state.evidence[:3]))
+        parts.append(_story(watched, state.level))
     events = watched.live.events()
     counts = events.filter(pl.col("kind").is_in(ALERT_KINDS)).group_by("kind").len().sort("kind")
     recorded = ", ".join(f"{n} {k}" for k, n in counts.iter_rows()) or "none"
     parts.append(html.Div(f"recorded alerts: {recorded}; last: {event_line(watched.last_alert())}"))
     return parts
+
+
+def _story(watched: Watched, level: str) -> html.Div | None:
+    """The detector and the verdict as one story, shown when they differ in kind (see runs.py)."""
+    from opdwatch.verdict import detector_story
+
+    v = run_verdict(watched)
+    if v is None:
+        return None
+    first_warning, first_alarm = detector_history(watched)
+    story, differ = detector_story(v, level, first_warning=first_warning, first_alarm=first_alarm)
+    return html.Div(story, className="opd-story", id="run-story") if differ else None
 
 
 def events_table(watched: Watched) -> Any:

@@ -12,7 +12,7 @@ import time
 import dash
 from dash import Input, Output, callback, dcc, html
 
-from dashboards.components import event_line, fmt, href, run_href, short_error, table
+from dashboards.components import detector_history, event_line, fmt, href, run_href, short_error, table
 from dashboards.state import Watched, registry
 from opdwatch.errors import OpdwatchError
 from opdwatch.summary import STALE_AFTER_S
@@ -73,11 +73,30 @@ def status(watched: Watched) -> str:
 
 def verdict(watched: Watched) -> html.Span | str:
     """opdwatch.verdict on the recorded train-step metrics (their rollout/* and token/* columns are what
-    step_series reports for an unthinned run), so the list never reads a token table."""
+    step_series reports for an unthinned run), so the list never reads a token table. When the detector
+    beside it says something of another kind (an alarm beside "healthy", "ok" beside a past collapse),
+    a short line under the label says why (:func:`opdwatch.verdict.detector_story`)."""
+    from opdwatch.verdict import detector_story
+
+    v = list_verdict(watched)
+    if v is None:
+        return "no steps yet"
+    state = watched.detector_state
+    first_warning, first_alarm = detector_history(watched)
+    story, differ = detector_story(v, state.level if state else None, first_warning=first_warning,
+                                   first_alarm=first_alarm)
+    label = html.Span(v.label, title="; ".join(v.reasons), className=f"opd-verdict-{v.kind}")
+    if not differ:
+        return label
+    return html.Span([label, html.Div(story, className="opd-story")])
+
+
+def list_verdict(watched: Watched):  # noqa: ANN201 - Verdict | None
+    """The run's verdict on its train-step metrics, once per run version (None before the first step)."""
     from opdwatch.verdict import verdict as judge
 
-    train = watched.live.steps("train")
-    if train.height == 0:
-        return "no steps yet"
-    v = judge(train)
-    return html.Span(v.label, title="; ".join(v.reasons), className=f"opd-verdict-{v.label}")
+    def build():  # noqa: ANN202
+        train = watched.live.steps("train")
+        return judge(train) if train.height else None
+
+    return watched.cached("list-verdict", build)

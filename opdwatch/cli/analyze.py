@@ -18,7 +18,8 @@ from opdwatch import jsonout
 from opdwatch.analysis import LATEST, RunAnalysis, analyze_run, open_checked, unique_labels
 from opdwatch.terminal import console, plain, shown
 
-_VERDICT_STYLE = {"healthy": "green", "inflating": "yellow", "collapsed": "bold red"}
+# by verdict kind: "collapsed, recovering" is a collapse too
+_VERDICT_STYLE = {"healthy": "green", "inflating": "yellow", "degraded": "yellow", "collapsed": "bold red"}
 DEFAULT_REPORT = Path("report.html")
 
 
@@ -84,7 +85,7 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _table(s: dict) -> Table:
-    style = _VERDICT_STYLE.get(s["verdict"], "")
+    style = _VERDICT_STYLE.get(s.get("verdict_kind", s["verdict"]), "")
     table = Table(show_header=False)
     table.add_column("key")
     table.add_column("value", justify="right")
@@ -92,6 +93,9 @@ def _table(s: dict) -> Table:
     table.add_row("steps", f"{s['steps']} (steps {s['first_step']}-{s['last_step']})")
     table.add_row("onset step", "-" if s["onset_step"] is None else str(s["onset_step"]))
     table.add_row("verdict", f"[{style}]{shown(s['verdict'])}[/]" if style else shown(s["verdict"]))
+    for e in s.get("episodes", []):
+        span = f"steps {e['start']}-{e['end']}" if e["end"] is not None else f"since step {e['start']}"
+        table.add_row("collapse episode", f"{span}, peak {e['peak']:.2f} (step {e['peak_step']})")
     for column, name in LATEST:
         latest = s["latest"].get(column)
         if latest is not None and latest["value"] is not None:

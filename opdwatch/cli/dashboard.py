@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from opdwatch.errors import OpdwatchError
-from opdwatch.live import check_runs_root
+from opdwatch.web_paths import check_runs_root
 
 
 def register(sub: argparse._SubParsersAction) -> None:

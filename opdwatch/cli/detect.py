@@ -14,8 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from opdwatch import jsonout
-from opdwatch.detector.replay import Replay, replay
-from opdwatch.detector.settings import DetectorSettings, PolicySettings, with_overrides
+from opdwatch.config_tree import parse_assignments, with_overrides
+from opdwatch.detector.replay import Replay, plural, replay
+from opdwatch.detector.settings import DetectorSettings, PolicySettings
 from opdwatch.errors import OpdwatchError
 from opdwatch.reader import open_run
 from opdwatch.terminal import console, shown
@@ -33,22 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=handle)
 
 
-def _pairs(items: list[str], flag: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise OpdwatchError(f"{flag} {item!r} must look like key=value (e.g. {flag} h=6)")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def handle(args: argparse.Namespace) -> int:
     path = Path(args.run_dir)
     if not path.exists():
         raise OpdwatchError(f"{path}: no such run directory")
-    settings = with_overrides(DetectorSettings(), _pairs(args.settings, "--set"))
-    policy = with_overrides(PolicySettings(), _pairs(args.policy, "--policy"))
+    # the same key=value parser and typed override path as `opdwatch train` (opdwatch.config_tree)
+    settings = with_overrides(DetectorSettings(), parse_assignments(args.settings, flag="--set", example="--set h=6"))
+    policy = with_overrides(PolicySettings(), parse_assignments(args.policy, flag="--policy",
+                                                                example="--policy cooldown_steps=3"))
     run = open_run(path)
     result = replay(run, settings, policy)
     if args.json:
@@ -64,18 +57,18 @@ def _fmt(step: int | None) -> str:
 
 def _print(out: Console, run_id: str, r: Replay) -> None:
     # the run id, reasons and evidence come from the run: shown() keeps them text, not markup
-    out.print(f"[bold]{shown(run_id)}[/]: replayed {r.frame.height} train steps "
-              f"(detector warm-up: the first {r.warmup_steps} steps)")
+    warmup = "the first step" if r.warmup_steps == 1 else f"the first {r.warmup_steps} steps"
+    out.print(f"[bold]{shown(run_id)}[/]: replayed {plural(r.steps, 'train step')} (detector warm-up: {warmup})")
     out.print(f"first warning: [yellow]{_fmt(r.first_warning)}[/]   first alarm: [red]{_fmt(r.first_alarm)}[/]"
               f"   collapse (truncation >= 0.5): {_fmt(r.collapse_step)}")
-    if r.collapse_step is not None:
-        if r.first_step is not None and r.collapse_step <= r.first_step + r.warmup_steps - 1:
-            out.print("the run collapsed inside the detector's warm-up: no baseline to warn against")
-        elif r.lead_time is not None:
+    if r.note is not None:  # too short, or collapsed inside the warm-up (also in --json as "note")
+        out.print(r.note)
+    elif r.collapse_step is not None:
+        if r.lead_time is not None:
             earlier = len([s for s in r.episodes if s < (r.warning_before_collapse or 0)])
-            note = f" ({earlier} earlier warning episode(s) ended before it)" if earlier else ""
-            out.print(f"lead time: [bold]{r.lead_time}[/] steps (warning from step {r.warning_before_collapse} "
-                      f"to the collapse){note}")
+            note = f" ({plural(earlier, 'earlier warning episode')} ended before it)" if earlier else ""
+            out.print(f"lead time: [bold]{plural(r.lead_time, 'step')}[/] (warning from step "
+                      f"{r.warning_before_collapse} to the collapse){note}")
         else:
             out.print("[red]no warning before the collapse[/]")
     if not r.transitions:

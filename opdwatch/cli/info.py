@@ -7,6 +7,7 @@ import argparse
 from rich.table import Table
 
 from opdwatch import jsonout
+from opdwatch.metric_defs import ACCURACY
 from opdwatch.reader import open_run
 from opdwatch.summary import HEADLINE_METRICS, run_summary
 from opdwatch.terminal import console, shown
@@ -33,7 +34,7 @@ def handle(args: argparse.Namespace) -> int:
     table.add_column("metric")
     table.add_column("train", justify="right")
     table.add_column("val", justify="right")
-    for key, label in (*HEADLINE_METRICS, ("rollout/accuracy", "accuracy")):
+    for key, label in (*HEADLINE_METRICS, (ACCURACY, "accuracy")):
         train, val = summary["last_train"].get(key), summary["last_val"].get(key)
         if train is None and val is None:
             continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from opdwatch.config_tree import parse_assignments
 from opdwatch.errors import OpdwatchError
 from opdwatch.terminal import plain
 
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    parse_assignments(args.overrides)  # a malformed key=value is a one-line error even without the train extra
     entry = import_trainer()
     run_dir = entry.train_main(args.config, list(args.overrides), args.resume, overwrite=args.overwrite)
     print(f"run written to {plain(run_dir)}\nanalyse it with: opdwatch analyze {plain(run_dir)}")

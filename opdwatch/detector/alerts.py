@@ -3,10 +3,12 @@
 * :func:`alert_for` turns a state change into an :class:`Alert` (warning -> level WARN, alarm -> ERROR).
 * :class:`LocalSink` writes events through the run's :class:`~opdwatch.recorder.Recorder`: ``warning`` /
   ``alarm`` on escalation (with the evidence), ``info`` when the run is healthy again, ``alert`` for every
-  alert (with whether wandb took it), ``intervention`` for decisions. This record always exists, because an
-  offline wandb run stores alerts but never delivers them.
-* :class:`WandbSink` logs step metrics plus detector statistics and sends ``run.alert``. wandb is an
-  optional extra, imported only when this sink is built.
+  alert (with whether wandb took it), and in warn mode an ``info`` for each decision *not* applied. This
+  record always exists, because an offline wandb run stores alerts but never delivers them. Decisions that
+  are applied are recorded by the knob holder (opdwatch.detector.knobs), the one writer of interventions.
+* :class:`WandbSink` sends detector statistics and rate-limited ``run.alert``s into a wandb run: the one the
+  training loop logs into (a :class:`~opdwatch.loggers.WandbLogger` it hands over), or one of its own.
+  wandb is an optional extra, imported only when a run is started.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from opdwatch.detector.detector import DetectorState
 from opdwatch.detector.settings import WandbSettings
-from opdwatch.errors import OpdwatchError
+from opdwatch.loggers import WandbLogger, send_alert
 
 _LEVEL = {"warning": "WARN", "alarm": "ERROR"}
 
@@ -59,44 +61,35 @@ class LocalSink:
         self.recorder.event("alert", step=alert.step, message=alert.title, level=alert.level, text=alert.text,
                             delivered_to=delivered_to)
 
-    def decision(self, decision: Any, *, applied: bool, mode: str) -> None:
-        kind = "intervention" if applied else "info"
-        prefix = "" if applied else "warn-only, not applied: "
-        self.recorder.event(kind, step=decision.step, message=prefix + decision.reason, applied=applied,
-                            mode=mode, action=decision.action, beta=decision.beta, alpha=decision.alpha)
+    def not_applied(self, decision: Any, *, mode: str) -> None:
+        """What the policy would have done in act mode (warn mode applies nothing)."""
+        self.recorder.event("info", step=decision.step, message="warn-only, not applied: " + decision.reason,
+                            applied=False, mode=mode, action=decision.action, beta=decision.beta,
+                            alpha=decision.alpha)
 
 
 class WandbSink:
-    """Step metrics and alerts to wandb. Reuses an active ``wandb.run``; otherwise starts one (and finishes it
-    on :meth:`close`). Alerts are rate-limited twice: at most one per level every ``alert_min_steps`` steps
-    here, and wandb's own ``wait_duration`` for same-title repeats."""
+    """Detector statistics and alerts to wandb. With ``logger`` (the training loop's wandb logger) it uses that
+    run; otherwise it starts one through :class:`~opdwatch.loggers.WandbLogger` (which reuses an active
+    ``wandb.run``) and finishes it on :meth:`close`. Alerts are rate-limited twice: at most one per level every
+    ``alert_min_steps`` steps here, and wandb's own ``wait_duration`` for same-title repeats."""
 
     def __init__(self, settings: WandbSettings, *, name: str = "", config: Mapping[str, Any] | None = None,
-                 directory: str | os.PathLike[str] | None = None) -> None:
-        try:
-            import wandb  # optional extra: only imported when wandb logging is switched on
-        except ImportError:
-            raise OpdwatchError("watch.wandb.enabled needs wandb: pip install 'opdwatch[wandb]'") from None
-        self._wandb = wandb
+                 directory: str | os.PathLike[str] | None = None, logger: Any = None) -> None:
         self.settings = settings
-        self._owned = wandb.run is None
-        if self._owned:
-            kwargs: dict[str, Any] = {"project": settings.project, "name": name or None,
-                                      "config": dict(config or {})}
-            if settings.entity:
-                kwargs["entity"] = settings.entity
-            if settings.mode:
-                kwargs["mode"] = settings.mode
-            if directory is not None:
-                kwargs["dir"] = str(directory)
-            self.run = wandb.init(**kwargs)
-        else:
-            self.run = wandb.run
+        self._owned = logger is None
+        self.logger = WandbLogger(settings, name=name, config=config, directory=directory) if logger is None \
+            else logger
         self._last_alert: dict[str, int] = {}
+
+    @property
+    def run(self) -> Any:
+        """The wandb run (None once closed, or when the logger handed over is not a wandb one)."""
+        return getattr(self.logger, "run", None)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         if self.settings.log_metrics:
-            self.run.log({k: float(v) for k, v in metrics.items()}, step=int(step))
+            self.logger.log(int(step), metrics)
 
     def alert(self, alert: Alert) -> bool:
         """Send the alert unless rate-limited; returns whether it was sent."""
@@ -104,10 +97,8 @@ class WandbSink:
         if last is not None and alert.step - last < self.settings.alert_min_steps:
             return False
         self._last_alert[alert.level] = alert.step
-        level = getattr(self._wandb.AlertLevel, alert.level)
-        self.run.alert(title=alert.title, text=alert.text, level=level,
-                       wait_duration=self.settings.alert_wait_seconds)
-        return True
+        return send_alert(self.logger, alert.title, alert.text, level=alert.level,
+                          wait_seconds=self.settings.alert_wait_seconds)
 
     def state_dict(self) -> dict[str, Any]:
         """The rate limit's memory: the step of the last alert sent per level."""
@@ -117,6 +108,5 @@ class WandbSink:
         self._last_alert = {str(level): int(step) for level, step in state["last_alert"].items()}
 
     def close(self) -> None:
-        if self._owned and self.run is not None:
-            self.run.finish()
-            self.run = None
+        if self._owned:  # a logger handed over belongs to the loop, which closes it
+            self.logger.close()

@@ -27,6 +27,7 @@ from opdwatch.detector.cusum import Cusum, cusum_update
 from opdwatch.detector.persist import check_settings, decode_float, encode_float, reading
 from opdwatch.detector.settings import DetectorSettings
 from opdwatch.detector.signals import SIGNALS, Baseline, signal_values
+from opdwatch.metric_defs import TRUNCATION_RATE
 
 LEVELS = ("warmup", "ok", "warning", "alarm")
 _RANK = {"warmup": 0, "ok": 0, "warning": 1, "alarm": 2}
@@ -230,5 +231,5 @@ class Detector:
 
 
 def _get_truncation(metrics: Mapping[str, float]) -> float:
-    value = metrics.get("rollout/truncation_rate")
+    value = metrics.get(TRUNCATION_RATE)
     return math.nan if value is None else float(value)

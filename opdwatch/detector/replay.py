@@ -18,6 +18,7 @@ from opdwatch.detector.detector import Detector, DetectorState
 from opdwatch.detector.policy import Decision, InterventionPolicy
 from opdwatch.detector.settings import DetectorSettings, PolicySettings
 from opdwatch.errors import OpdwatchError
+from opdwatch.metric_defs import LENGTH_CV, TRUNCATION_RATE
 from opdwatch.reader import Run
 from opdwatch.series import rollout_aggregates
 
@@ -46,13 +47,41 @@ class Replay:
         return starts[-1] if starts else None
 
     @property
+    def steps(self) -> int:
+        """Train steps replayed."""
+        return self.frame.height
+
+    @property
+    def too_short(self) -> bool:
+        """The run ended inside the detector's warm-up: it never had a baseline, so it has no verdict."""
+        return self.steps <= self.warmup_steps
+
+    @property
+    def collapsed_in_warmup(self) -> bool:
+        """The collapse step is one of the first ``warmup_steps`` replayed steps: nothing to warn against."""
+        if self.collapse_step is None or self.frame.height == 0:
+            return False
+        return int((self.frame["step"] < self.collapse_step).sum()) < self.warmup_steps
+
+    @property
+    def note(self) -> str | None:
+        """Why the replay cannot judge the run, or None when it can (also in the JSON summary)."""
+        if self.collapsed_in_warmup:
+            return "the run collapsed inside the detector's warm-up: no baseline to warn against"
+        if self.too_short:
+            return (f"too short for a verdict: {plural(self.steps, 'train step')}, all inside the detector's "
+                    f"warm-up ({plural(self.warmup_steps, 'step')})")
+        return None
+
+    @property
     def lead_time(self) -> int | None:
         """Steps from :attr:`warning_before_collapse` to the collapse (None if either is missing)."""
         start = self.warning_before_collapse
         return None if start is None else self.collapse_step - start
 
     def summary(self) -> dict[str, object]:
-        return {"warmup_steps": self.warmup_steps, "first_step": self.first_step,
+        return {"warmup_steps": self.warmup_steps, "steps": self.steps, "first_step": self.first_step,
+                "too_short": self.too_short, "collapsed_in_warmup": self.collapsed_in_warmup, "note": self.note,
                 "first_warning": self.first_warning, "first_alarm": self.first_alarm,
                 "collapse_step": self.collapse_step, "warning_before_collapse": self.warning_before_collapse,
                 "lead_time": self.lead_time, "episodes": self.episodes,
@@ -61,11 +90,16 @@ class Replay:
                 "decisions": [d.as_dict() for d in self.decisions]}
 
 
+def plural(n: int, word: str) -> str:
+    """``1 step``, ``2 steps``: counts in the replay's sentences."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def collapse_step(rows: Iterable[tuple[int, Mapping[str, float]]],
                   threshold: float = COLLAPSE_TRUNCATION) -> int | None:
     """First step whose truncation rate reaches ``threshold`` (the benchmark's collapse step), or None."""
     for step, metrics in rows:
-        value = metrics.get("rollout/truncation_rate")
+        value = metrics.get(TRUNCATION_RATE)
         if value is not None and math.isfinite(value) and value >= threshold:
             return int(step)
     return None
@@ -77,6 +111,7 @@ def replay_rows(rows: Iterable[tuple[int, Mapping[str, float]]], settings: Detec
     settings = settings or DetectorSettings()
     det = Detector(settings)
     pol = InterventionPolicy(policy or PolicySettings())
+    beta = alpha = 0.0  # the knobs as act mode would have moved them (from the policy's base values)
     rows = list(rows)
     out = Replay(warmup_steps=settings.warmup_steps, frame=pl.DataFrame())
     records = []
@@ -92,7 +127,10 @@ def replay_rows(rows: Iterable[tuple[int, Mapping[str, float]]], settings: Detec
             out.first_warning = step
         if state.level == "alarm" and out.first_alarm is None:
             out.first_alarm = step
-        out.decisions.extend(pol.decide(state, step))
+        decisions = pol.decide(state, step, beta=beta, alpha=alpha)
+        for d in decisions:
+            beta, alpha = d.applied_to(beta, alpha)
+        out.decisions.extend(decisions)
         rec: dict[str, object] = {"step": step, "level": state.level, "reason": state.reason}
         rec.update({f"cusum/{e.signal}": e.statistic for e in state.signals})
         rec.update({f"z/{e.signal}": e.z for e in state.signals})
@@ -113,7 +151,7 @@ def steps_to_rows(steps: pl.DataFrame) -> list[tuple[int, dict[str, float]]]:
 
 # Step metrics newer than some recorded runs, recomputed from their rollouts table when missing (the
 # definitions in opdwatch.series equal the recorder's), so old runs replay with every signal.
-BACKFILL_FROM_ROLLOUTS = ("rollout/length_cv",)
+BACKFILL_FROM_ROLLOUTS = (LENGTH_CV,)
 
 
 def train_rows(run: Run) -> list[tuple[int, dict[str, float]]]:

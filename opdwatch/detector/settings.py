@@ -6,12 +6,15 @@ and how to tune them (``opdwatch detect RUN_DIR --set key=value`` replays a reco
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
+from opdwatch.config_tree import with_overrides
 from opdwatch.detector.signals import DEFAULT_SIGNALS, SIGNALS
 from opdwatch.errors import OpdwatchError
+
+# with_overrides(settings, {"h": 6}): the one override path of every config (opdwatch.config_tree), kept
+# importable from here for `opdwatch detect` and older callers.
+__all__ = ["MODES", "DetectorSettings", "PolicySettings", "WandbSettings", "WatchConfig", "with_overrides"]
 
 MODES = ("off", "warn", "act")
 
@@ -54,25 +57,27 @@ class DetectorSettings:
         return _names(self.strong_signals)
 
     def validate(self) -> None:
+        # Messages start with the field names: validate_tree puts the section's path in front (watch.detector.h).
         unknown = [s for s in self.signal_names if s not in SIGNALS]
         if unknown or not self.signal_names:
-            raise OpdwatchError(f"detector signals must be a non-empty subset of {sorted(SIGNALS)}, got {unknown}")
+            raise OpdwatchError(f"signals must be a non-empty subset of {sorted(SIGNALS)}, got {unknown}")
         if self.warmup_steps < 2:
-            raise OpdwatchError(f"detector warmup_steps must be >= 2, got {self.warmup_steps}")
+            raise OpdwatchError(f"warmup_steps must be >= 2, got {self.warmup_steps}")
         if self.baseline_halflife < 0 or self.floor_factor <= 0 or self.z_clip <= 0 or self.adapt_clip <= 0:
-            raise OpdwatchError("detector baseline_halflife must be >= 0, floor_factor, z_clip, adapt_clip > 0")
+            raise OpdwatchError("baseline_halflife must be >= 0, floor_factor, z_clip, adapt_clip > 0")
         if any(s not in SIGNALS for s in self.strong_signal_names):
-            raise OpdwatchError(f"detector strong_signals must be signal names, got {self.strong_signals}")
+            raise OpdwatchError(f"strong_signals must be signal names, got {self.strong_signals}")
         if self.k < 0 or self.h <= 0 or self.cap_factor < 1:
-            raise OpdwatchError(f"detector needs k >= 0, h > 0, cap_factor >= 1 (got {self.k}, {self.h}, "
-                                f"{self.cap_factor})")
+            raise OpdwatchError(f"k={self.k}, h={self.h}, cap_factor={self.cap_factor}: need k >= 0, h > 0, "
+                                "cap_factor >= 1")
         if self.warn_min_signals < 1 or self.alarm_min_signals < 1 or self.recover_steps < 1 \
                 or self.guard_steps < 1 or self.warn_min_families < 1:
-            raise OpdwatchError("detector warn_min_signals, alarm_min_signals, recover_steps, guard_steps must be >= 1")
+            raise OpdwatchError("warn_min_signals, warn_min_families, alarm_min_signals, recover_steps, guard_steps "
+                                "must be >= 1")
         if not 0 < self.warn_truncation <= self.alarm_truncation <= 1:
-            raise OpdwatchError("detector needs 0 < warn_truncation <= alarm_truncation <= 1")
+            raise OpdwatchError("warn_truncation, alarm_truncation: need 0 < warn_truncation <= alarm_truncation <= 1")
         if not 0 <= self.warn_truncation_jump <= 1:
-            raise OpdwatchError("detector warn_truncation_jump must be in [0, 1] (0 = off)")
+            raise OpdwatchError("warn_truncation_jump must be in [0, 1] (0 = off)")
 
 
 def _names(csv: str) -> tuple[str, ...]:
@@ -105,21 +110,27 @@ class PolicySettings:
     def validate(self) -> None:
         if self.beta_floor < 0 or self.alpha_floor < 0 or self.beta_max < self.beta_floor \
                 or self.alpha_max < self.alpha_floor:
-            raise OpdwatchError("policy needs 0 <= beta_floor <= beta_max and 0 <= alpha_floor <= alpha_max")
+            raise OpdwatchError("beta_floor, beta_max, alpha_floor, alpha_max: need 0 <= beta_floor <= beta_max and "
+                                "0 <= alpha_floor <= alpha_max")
         if self.beta_factor < 1 or self.alpha_factor < 1 or not 0 < self.relax_factor < 1:
-            raise OpdwatchError("policy needs beta_factor, alpha_factor >= 1 and 0 < relax_factor < 1")
+            raise OpdwatchError("beta_factor, alpha_factor, relax_factor: need beta_factor, alpha_factor >= 1 and "
+                                "0 < relax_factor < 1")
         if self.cooldown_steps < 0 or self.relax_after_steps < 1 or self.alarm_raises < 1:
-            raise OpdwatchError("policy needs cooldown_steps >= 0, relax_after_steps >= 1, alarm_raises >= 1")
+            raise OpdwatchError("cooldown_steps, relax_after_steps, alarm_raises: need cooldown_steps >= 0, "
+                                "relax_after_steps >= 1, alarm_raises >= 1")
 
 
 @dataclass(frozen=True)
 class WandbSettings:
-    # Weights & Biases (optional extra `opdwatch[wandb]`; imported only when enabled)
+    # Weights & Biases (optional extra `opdwatch[wandb]`; imported only when enabled).
+    # The run itself: for a Watcher that starts its own wandb run (a loop other than the trainer). The trainer
+    # starts the run from its `log.wandb` section and reads these four as an older alias of it.
     enabled: bool = False  # log step metrics and detector scores, and send run.alert on warning/alarm
     project: str = "opdwatch"  # project of a run this hook starts (an active wandb.run is reused instead)
     entity: str = ""  # wandb entity; "" = the default one
     mode: str = ""  # "online", "offline" or "disabled"; "" = WANDB_MODE or wandb's default
-    log_metrics: bool = True  # also log every step's metrics and detector statistics
+    # What the detector sends to the run (its own or the one it is handed)
+    log_metrics: bool = True  # log the detector statistics (and, into a run of its own, the step metrics)
     alert_wait_seconds: float = 300.0  # wandb's wait_duration: same-title alerts closer than this are dropped
     alert_min_steps: int = 10  # our own rate limit: at most one alert per level per this many steps
 
@@ -133,32 +144,6 @@ class WatchConfig:
     wandb: WandbSettings = field(default_factory=WandbSettings)  # optional wandb logging and alerts
 
     def validate(self) -> None:
+        """This section's own field; config_tree.validate_tree(config, "watch") checks the whole watch."""
         if self.mode not in MODES:
-            raise OpdwatchError(f"watch.mode must be one of {MODES}, got {self.mode!r}")
-        self.detector.validate()
-        self.policy.validate()
-
-
-def with_overrides(settings: Any, overrides: dict[str, Any]) -> Any:
-    """A copy of a settings dataclass with fields replaced by name, type-checked, one-line errors."""
-    known = {f.name: f for f in dataclasses.fields(settings)}
-    changes: dict[str, Any] = {}
-    for name, value in overrides.items():
-        if name not in known:
-            raise OpdwatchError(f"unknown setting {name!r} (known: {', '.join(sorted(known))})")
-        current = getattr(settings, name)
-        try:
-            if isinstance(current, bool):
-                if isinstance(value, str):
-                    if value.lower() not in ("true", "false", "1", "0"):
-                        raise ValueError
-                    value = value.lower() in ("true", "1")
-                changes[name] = bool(value)
-            else:
-                changes[name] = type(current)(value)
-        except (TypeError, ValueError):
-            raise OpdwatchError(f"setting {name}={value!r}: expected {type(current).__name__}") from None
-    out = dataclasses.replace(settings, **changes)
-    if hasattr(out, "validate"):
-        out.validate()
-    return out
+            raise OpdwatchError(f"mode must be one of {MODES}, got {self.mode!r}")

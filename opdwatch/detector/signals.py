@@ -24,6 +24,18 @@ from typing import Any
 import numpy as np
 
 from opdwatch.detector.persist import decode_float, encode_float
+from opdwatch.metric_defs import (
+    ADV_REGULAR_MEAN,
+    ADV_REPETITIVE_MEAN,
+    EOS_ADVANTAGE_MEAN,
+    LENGTH_CV,
+    LOOP_RATE,
+    MEAN_LENGTH,
+    REPETITION_RATE,
+    REPETITIVE_SHARE,
+    TEACHER_LOGP_MEAN,
+    TRUNCATION_RATE,
+)
 
 
 def _key(name: str) -> Callable[[Mapping[str, float]], float]:
@@ -36,11 +48,11 @@ def _get(m: Mapping[str, float], name: str) -> float:
 
 
 def _adv_gap(m: Mapping[str, float]) -> float:
-    return _get(m, "token/adv_repetitive_mean") - _get(m, "token/adv_regular_mean")
+    return _get(m, ADV_REPETITIVE_MEAN) - _get(m, ADV_REGULAR_MEAN)
 
 
 def _log_length(m: Mapping[str, float]) -> float:
-    length = _get(m, "rollout/mean_length")
+    length = _get(m, MEAN_LENGTH)
     return math.log(length) if length > 0 else math.nan
 
 
@@ -61,30 +73,30 @@ class SignalSpec:
 SIGNALS: dict[str, SignalSpec] = {s.name: s for s in (
     # Floors: the step-to-step noise of a healthy 64-rollout batch; one extra truncated rollout in 64 is
     # 0.016, so a 0.03 floor needs about two of them per step, sustained, to build up evidence.
-    SignalSpec("truncation", ("rollout/truncation_rate",), _key("rollout/truncation_rate"), "up", 0.03,
+    SignalSpec("truncation", (TRUNCATION_RATE,), _key(TRUNCATION_RATE), "up", 0.03,
                outcome=True, family="rollouts", description="share of rollouts that hit the generation budget"),
-    SignalSpec("repetition", ("rollout/repetition_rate",), _key("rollout/repetition_rate"), "up", 0.03,
+    SignalSpec("repetition", (REPETITION_RATE,), _key(REPETITION_RATE), "up", 0.03,
                outcome=True, family="rollouts",
                description="share of rollouts whose zlib tail ratio flags them repetitive"),
-    SignalSpec("loop", ("rollout/loop_rate",), _key("rollout/loop_rate"), "up", 0.03, outcome=True,
+    SignalSpec("loop", (LOOP_RATE,), _key(LOOP_RATE), "up", 0.03, outcome=True,
                family="rollouts",
                description="share of rollouts ending in an n-gram loop (loop_onset set), counted from the tokens"),
-    SignalSpec("rep_share", ("token/repetitive_share",), _key("token/repetitive_share"), "up", 0.01,
+    SignalSpec("rep_share", (REPETITIVE_SHARE,), _key(REPETITIVE_SHARE), "up", 0.01,
                outcome=False, family="rollouts",
                description="share of tokens whose n-gram repeats earlier in the rollout or lie in a repetitive tail"),
-    SignalSpec("length", ("rollout/mean_length",), _log_length, "up", 0.04, outcome=False, family="rollouts",
+    SignalSpec("length", (MEAN_LENGTH,), _log_length, "up", 0.04, outcome=False, family="rollouts",
                description="log of the mean response length (so the scale is relative growth)"),
     # The spread moves before the mean: the first looping rollouts run long while the rest still stop. Added
     # after the CPU study: on the real tiny runs it moved the first warning 1-2 steps earlier in 2 of 7
     # collapses, with no warning on the stable runs (docs/detector.md).
-    SignalSpec("length_cv", ("rollout/length_cv",), _key("rollout/length_cv"), "up", 0.1, outcome=False,
+    SignalSpec("length_cv", (LENGTH_CV,), _key(LENGTH_CV), "up", 0.1, outcome=False,
                family="rollouts", description="coefficient of variation (sd / mean) of the response lengths"),
-    SignalSpec("adv_gap", ("token/adv_repetitive_mean", "token/adv_regular_mean"), _adv_gap, "up", 0.25,
+    SignalSpec("adv_gap", (ADV_REPETITIVE_MEAN, ADV_REGULAR_MEAN), _adv_gap, "up", 0.25,
                outcome=False, family="advantage", description="advantage of repetitive minus regular tokens (nats)"),
-    SignalSpec("eos_adv", ("token/eos_advantage_mean",), _key("token/eos_advantage_mean"), "down", 0.25,
+    SignalSpec("eos_adv", (EOS_ADVANTAGE_MEAN,), _key(EOS_ADVANTAGE_MEAN), "down", 0.25,
                outcome=False, family="advantage",
                description="advantage of the EOS token (nats); negative pushes the student not to stop"),
-    SignalSpec("teacher_logp", ("token/teacher_logp_mean",), _key("token/teacher_logp_mean"), "both", 0.08,
+    SignalSpec("teacher_logp", (TEACHER_LOGP_MEAN,), _key(TEACHER_LOGP_MEAN), "both", 0.08,
                outcome=False, family="teacher",
                description="mean teacher log-prob of sampled tokens (nats); jumps at onset"),
 )}

@@ -18,6 +18,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from opdwatch.metric_defs import (
+    ADV_REGULAR_MEAN,
+    ADV_REPETITIVE_MEAN,
+    ADVANTAGE_MEAN,
+    EOS_ADVANTAGE_MEAN,
+    LENGTH_CV,
+    LOOP_RATE,
+    MEAN_LENGTH,
+    REPETITION_RATE,
+    REPETITIVE_SHARE,
+    ROLLOUT_COUNT,
+    STUDENT_LOGP_MEAN,
+    TEACHER_LOGP_MEAN,
+    TRUNCATION_RATE,
+)
+
 
 @dataclass(frozen=True)
 class TraceSpec:
@@ -92,14 +108,14 @@ def simulate(spec: TraceSpec) -> list[tuple[int, dict[str, float]]]:
     for i, step in enumerate(t.astype(int)):
         regular = -0.2 + rng.normal(0, 0.05 * g)
         rows.append((int(step), {
-            "rollout/count": float(n), "rollout/truncation_rate": float(trunc[i]),
-            "rollout/loop_rate": float(min(loop[i], 1.0)), "rollout/repetition_rate": float(rep[i]),
-            "rollout/mean_length": float(max(length[i], 1.0)), "rollout/length_cv": float(max(length_cv[i], 0.0)),
-            "token/repetitive_share": float(rep_share[i]),
-            "token/adv_regular_mean": float(regular), "token/adv_repetitive_mean": float(regular + adv_gap[i]),
-            "token/eos_advantage_mean": float(eos_adv[i]), "token/teacher_logp_mean": float(teacher[i]),
-            "token/student_logp_mean": float(student[i]),
-            "token/advantage_mean": float(teacher[i] - student[i]),
+            ROLLOUT_COUNT: float(n), TRUNCATION_RATE: float(trunc[i]),
+            LOOP_RATE: float(min(loop[i], 1.0)), REPETITION_RATE: float(rep[i]),
+            MEAN_LENGTH: float(max(length[i], 1.0)), LENGTH_CV: float(max(length_cv[i], 0.0)),
+            REPETITIVE_SHARE: float(rep_share[i]),
+            ADV_REGULAR_MEAN: float(regular), ADV_REPETITIVE_MEAN: float(regular + adv_gap[i]),
+            EOS_ADVANTAGE_MEAN: float(eos_adv[i]), TEACHER_LOGP_MEAN: float(teacher[i]),
+            STUDENT_LOGP_MEAN: float(student[i]),
+            ADVANTAGE_MEAN: float(teacher[i] - student[i]),
         }))
     return rows
 

@@ -1,8 +1,9 @@
 """Plotly figures of a run, shared by ``opdwatch analyze`` (report.html), the notebooks and the dashboard.
 
 Step figures take ``series`` (run label -> :func:`opdwatch.series.step_series` frame; several runs are
-overlaid) and keyword-only ``events`` (run label -> ``Run.events()`` frame) and ``onsets`` (run label ->
-onset step or None). Every trace puts the step first in ``customdata``, so a click gives the step.
+overlaid) and keyword-only ``events`` (run label -> ``Run.events()`` frame), ``onsets`` (run label ->
+onset step or None) and ``episodes`` (run label -> collapse episode spans, shaded). Every trace puts the
+step first in ``customdata``, so a click gives the step.
 No data is read here: figures are pure functions of frames.
 """
 

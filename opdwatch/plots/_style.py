@@ -7,7 +7,7 @@ Every trace carries the step in ``customdata`` (first element) so a click handle
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -124,6 +124,35 @@ def add_onsets(fig: go.Figure, onsets: Mapping[str, int | None] | None, labels: 
                       {"text": escape(f"onset {label}: step {step}"), "xanchor": "left", "yanchor": "top",
                        "bgcolor": "rgba(255,255,255,0.8)", "font": {"size": 11}}))
     _vlines(fig, lines, rows, cols)
+
+
+# An episode to shade: (first step, last step or None while it is ongoing, hover text).
+EpisodeSpan = tuple[int, int | None, str]
+
+
+def add_episodes(fig: go.Figure, episodes: Mapping[str, Sequence[EpisodeSpan]] | None, labels: list[str],
+                 last_steps: Mapping[str, int], *, rows: int, cols: int = 1) -> None:
+    """Collapse episodes (:mod:`opdwatch.episodes`) as shaded bands in the run's colour through every
+    subplot, below the curves; an ongoing episode runs to the run's last step (``last_steps``). A "collapse"
+    tag above the first subplot carries the run, span and peak on hover."""
+    xrefs = _column_xrefs(fig, rows, cols)
+    shapes, notes = [], []
+    for label, spans in (episodes or {}).items():
+        color = run_color(labels.index(label)) if label in labels else "#000000"
+        for start, end, text in spans:
+            stop = end if end is not None else last_steps.get(label, start)
+            # half a step either side, so a band covers the markers of its first and last steps
+            for k, xref in enumerate(xrefs):
+                shapes.append({"type": "rect", "x0": start - 0.5, "x1": stop + 0.5, "y0": 0, "y1": 1, "xref": xref,
+                               "yref": "paper", "fillcolor": color, "opacity": 0.12, "line": {"width": 0},
+                               "layer": "below", "name": f"episode {label}"})
+                if k == 0:
+                    notes.append({"x": (start + stop) / 2, "y": 1.0, "xref": xref, "yref": "paper",
+                                  "showarrow": False, "yanchor": "bottom", "text": "collapse",
+                                  "font": {"size": 10, "color": color},
+                                  "hovertext": escape(f"{label}: {text}")})
+    if shapes:
+        fig.update_layout(shapes=[*fig.layout.shapes, *shapes], annotations=[*fig.layout.annotations, *notes])
 
 
 def finish(fig: go.Figure, *, title: str, height: int) -> go.Figure:

@@ -2,7 +2,8 @@
 
 Each takes ``series``: run label -> :func:`opdwatch.series.step_series` frame (several runs are overlaid,
 one colour per run), plus optional ``events`` (run label -> events frame) and ``onsets`` (run label ->
-onset step or None) drawn as vertical lines.
+onset step or None) drawn as vertical lines, and ``episodes`` (run label -> (start, end or None, text)
+spans, :func:`opdwatch.episodes.spans`) shaded.
 """
 
 from __future__ import annotations
@@ -14,62 +15,90 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from opdwatch.plots._style import add_events, add_onsets, escape, finish, line, run_color
+from opdwatch.metric_defs import (
+    ACCURACY,
+    ADV_REGULAR_MEAN,
+    ADV_REPETITIVE_MEAN,
+    ADVANTAGE_MEAN,
+    MEAN_LENGTH,
+    REPETITION_RATE,
+    REPETITIVE_SHARE,
+    STUDENT_LOGP_MEAN,
+    TEACHER_LOGP_MEAN,
+    TRUNCATION_RATE,
+    VAL_ACCURACY,
+    VAL_TRUNCATION_RATE,
+)
+from opdwatch.plots._style import (
+    EpisodeSpan,
+    add_episodes,
+    add_events,
+    add_onsets,
+    escape,
+    finish,
+    line,
+    run_color,
+)
 
 Series = Mapping[str, pl.DataFrame]
 Events = Mapping[str, pl.DataFrame] | None
 Onsets = Mapping[str, int | None] | None
+Episodes = Mapping[str, Sequence[EpisodeSpan]] | None  # run label -> collapse episodes, shaded
 # A panel: its title, and the lines it draws: (column, line dash, legend suffix).
 Panel = tuple[str, Sequence[tuple[str, str, str]]]
 
 
-def fig_truncation_repetition(series: Series, *, events: Events = None, onsets: Onsets = None) -> go.Figure:
+def fig_truncation_repetition(series: Series, *, events: Events = None, onsets: Onsets = None,
+                              episodes: Episodes = None) -> go.Figure:
     """Fig. 2: rollout and validation truncation rate, rollout repetition rate, validation accuracy."""
     panels: list[Panel] = [
-        ("rollout truncation rate", [("rollout/truncation_rate", "solid", "")]),
-        ("validation truncation rate", [("val/rollout/truncation_rate", "solid", "")]),
-        ("rollout repetition rate", [("rollout/repetition_rate", "solid", "")]),
-        ("validation accuracy", [("val/rollout/accuracy", "solid", "")]),
+        ("rollout truncation rate", [(TRUNCATION_RATE, "solid", "")]),
+        ("validation truncation rate", [(VAL_TRUNCATION_RATE, "solid", "")]),
+        ("rollout repetition rate", [(REPETITION_RATE, "solid", "")]),
+        ("validation accuracy", [(VAL_ACCURACY, "solid", "")]),
     ]
-    return _grid(series, panels, rows=2, cols=2, events=events, onsets=onsets,
+    return _grid(series, panels, rows=2, cols=2, events=events, onsets=onsets, episodes=episodes,
                  title="Truncation and repetition (paper Fig. 2)", height=620)
 
 
-def fig_logprobs_length(series: Series, *, events: Events = None, onsets: Onsets = None) -> go.Figure:
+def fig_logprobs_length(series: Series, *, events: Events = None, onsets: Onsets = None,
+                        episodes: Episodes = None) -> go.Figure:
     """Fig. 3: mean student log-prob, teacher log-prob, advantage and response length per step."""
     panels: list[Panel] = [
-        ("student log-prob (nats/token)", [("token/student_logp_mean", "solid", "")]),
-        ("teacher log-prob (nats/token)", [("token/teacher_logp_mean", "solid", "")]),
-        ("advantage (teacher - student)", [("token/advantage_mean", "solid", "")]),
-        ("mean response length (tokens)", [("rollout/mean_length", "solid", "")]),
+        ("student log-prob (nats/token)", [(STUDENT_LOGP_MEAN, "solid", "")]),
+        ("teacher log-prob (nats/token)", [(TEACHER_LOGP_MEAN, "solid", "")]),
+        ("advantage (teacher - student)", [(ADVANTAGE_MEAN, "solid", "")]),
+        ("mean response length (tokens)", [(MEAN_LENGTH, "solid", "")]),
     ]
-    return _grid(series, panels, rows=2, cols=2, events=events, onsets=onsets,
+    return _grid(series, panels, rows=2, cols=2, events=events, onsets=onsets, episodes=episodes,
                  title="Log-probabilities, advantage and length (paper Fig. 3)", height=620)
 
 
-def fig_repetitive_advantage(series: Series, *, events: Events = None, onsets: Onsets = None) -> go.Figure:
+def fig_repetitive_advantage(series: Series, *, events: Events = None, onsets: Onsets = None,
+                             episodes: Episodes = None) -> go.Figure:
     """Fig. 4: mean advantage of repetitive vs regular tokens, and the share of repetitive tokens."""
     panels: list[Panel] = [
         ("mean advantage: repetitive (solid) vs regular (dashed) tokens",
-         [("token/adv_repetitive_mean", "solid", " repetitive"),
-          ("token/adv_regular_mean", "dash", " regular")]),
-        ("share of repetitive tokens", [("token/repetitive_share", "solid", "")]),
+         [(ADV_REPETITIVE_MEAN, "solid", " repetitive"),
+          (ADV_REGULAR_MEAN, "dash", " regular")]),
+        ("share of repetitive tokens", [(REPETITIVE_SHARE, "solid", "")]),
     ]
-    return _grid(series, panels, rows=1, cols=2, events=events, onsets=onsets,
+    return _grid(series, panels, rows=1, cols=2, events=events, onsets=onsets, episodes=episodes,
                  title="Advantage of repetitive tokens (paper Fig. 4)", height=420)
 
 
-def fig_synchronised_spikes(series: Series, *, events: Events = None, onsets: Onsets = None) -> go.Figure:
+def fig_synchronised_spikes(series: Series, *, events: Events = None, onsets: Onsets = None,
+                            episodes: Episodes = None) -> go.Figure:
     """Fig. 7-style stack: accuracy, advantage and teacher log-prob on one step axis, to show that their
     jumps happen at the same steps. Accuracy is validation accuracy where the run has it, else rollout
     accuracy."""
     series = {label: with_accuracy(frame) for label, frame in series.items()}
     panels: list[Panel] = [
         ("accuracy (validation, else rollouts)", [("accuracy", "solid", "")]),
-        ("mean advantage", [("token/advantage_mean", "solid", "")]),
-        ("teacher log-prob", [("token/teacher_logp_mean", "solid", "")]),
+        ("mean advantage", [(ADVANTAGE_MEAN, "solid", "")]),
+        ("teacher log-prob", [(TEACHER_LOGP_MEAN, "solid", "")]),
     ]
-    return _grid(series, panels, rows=3, cols=1, events=events, onsets=onsets,
+    return _grid(series, panels, rows=3, cols=1, events=events, onsets=onsets, episodes=episodes,
                  title="Synchronised spikes (paper Fig. 7)", height=720)
 
 
@@ -105,7 +134,7 @@ def fig_length_distribution(lengths: pl.DataFrame) -> go.Figure:
 
 # ---------------------------------------------------------------------------------------------- helpers
 def _grid(series: Series, panels: list[Panel], *, rows: int, cols: int, events: Events, onsets: Onsets,
-          title: str, height: int) -> go.Figure:
+          title: str, height: int, episodes: Episodes = None) -> go.Figure:
     fig = make_subplots(rows=rows, cols=cols, shared_xaxes=True, subplot_titles=[p[0] for p in panels],
                         vertical_spacing=0.12 if rows < 3 else 0.07, horizontal_spacing=0.08)
     labels = list(series)
@@ -120,6 +149,8 @@ def _grid(series: Series, panels: list[Panel], *, rows: int, cols: int, events: 
         fig.update_xaxes(title_text="step", row=rows, col=c)
     # One step range for every panel: a validation panel with a few points would otherwise zoom to them.
     fig.update_xaxes(matches="x")
+    last = {label: int(frame["step"].max()) for label, frame in series.items() if frame.height}
+    add_episodes(fig, episodes, labels, last, rows=rows, cols=cols)
     add_onsets(fig, onsets, labels, rows=rows, cols=cols)
     add_events(fig, events, rows=rows, cols=cols)
     return finish(fig, title=title, height=height)
@@ -127,9 +158,9 @@ def _grid(series: Series, panels: list[Panel], *, rows: int, cols: int, events: 
 
 def with_accuracy(frame: pl.DataFrame) -> pl.DataFrame:
     """Add the ``accuracy`` column the Fig. 7 view draws: validation accuracy where the run has it."""
-    cols = [c for c in ("val/rollout/accuracy", "rollout/accuracy") if c in frame.columns]
+    cols = [c for c in (VAL_ACCURACY, ACCURACY) if c in frame.columns]
     if not cols:
         return frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("accuracy"))
-    val = "val/rollout/accuracy"
+    val = VAL_ACCURACY
     has_val = val in frame.columns and frame[val].null_count() < frame.height
     return frame.with_columns(pl.col(cols[0] if has_val else cols[-1]).alias("accuracy"))

@@ -5,6 +5,7 @@ import pytest
 
 from opdwatch.detector.alerts import LocalSink, WandbSink, alert_for
 from opdwatch.detector.detector import DetectorState, Evidence
+from opdwatch.detector.knobs import Controller
 from opdwatch.detector.policy import Decision
 from opdwatch.detector.settings import WandbSettings
 from opdwatch.reader import open_run
@@ -24,13 +25,15 @@ def test_alert_levels_and_only_on_escalation():
     assert alert_for(_state(8, "ok", "ok")) is None
 
 
-def test_local_sink_writes_state_alert_and_decision_events(tmp_path):
+def test_local_sink_writes_state_alert_and_not_applied_decision_events(tmp_path):
     rec = Recorder.create(tmp_path / "run")
     sink = LocalSink(rec)
     sink.state(_state(5, "warning", "ok"))
     sink.alert(alert_for(_state(5, "warning", "ok")), delivered_to=[])
-    sink.decision(Decision(5, "raise", 0.1, 0.5, "detector warning: raise"), applied=True, mode="act")
-    sink.decision(Decision(6, "raise", 0.2, None, "detector warning: raise"), applied=False, mode="warn")
+    # an applied decision is the knob holder's to record (the one writer of interventions), not the sink's
+    Controller(beta=0.0, alpha=0.0, recorder=rec).set(beta=0.1, alpha=0.5, reason="detector warning: raise",
+                                                       action="raise", step=5)
+    sink.not_applied(Decision(6, "raise", 0.2, None, "detector warning: raise"), mode="warn")
     sink.state(DetectorState(step=20, level="ok", previous="warning", evidence=()))
     rec.close()
     events = open_run(tmp_path / "run").events()
@@ -38,7 +41,10 @@ def test_local_sink_writes_state_alert_and_decision_events(tmp_path):
     warning = json.loads(events["data"][0])
     assert warning["evidence"][0]["signal"] == "eos_adv"
     assert json.loads(events["data"][1])["level"] == "WARN"
-    assert "warn-only" in events["message"][3]
+    change = json.loads(events["data"][2])
+    assert (change["beta"], change["alpha"], change["action"], change["applied"]) == (0.1, 0.5, "raise", True)
+    assert events["message"][2] == "beta 0 -> 0.1, alpha 0 -> 0.5: detector warning: raise"
+    assert "warn-only" in events["message"][3] and json.loads(events["data"][3])["applied"] is False
     assert "healthy again" in events["message"][4]
 
 

@@ -17,17 +17,13 @@ ROWS = simulate(TraceSpec(steps=70, onset=40, width=1.0, seed=7))
 def _drive(mode: str, tmp_path, **kw):
     rec = Recorder.create(tmp_path / mode)
     watcher = Watcher(WatchConfig(mode=mode, **kw), recorder=rec, run_name=mode, wandb_dir=str(tmp_path))
-    beta = alpha = 0.0
     applied = []
     for step, metrics in ROWS:
-        _, decisions = watcher.step(step, metrics, beta=beta, alpha=alpha)
-        for d in decisions:
-            applied.append(d)
-            beta = d.beta if d.beta is not None else beta
-            alpha = d.alpha if d.alpha is not None else alpha
+        _, decisions = watcher.step(step, metrics)  # act: applied to watcher.knobs, which write the events
+        applied.extend(decisions)
     watcher.close()
     rec.close()
-    return open_run(tmp_path / mode).events(), applied, (beta, alpha)
+    return open_run(tmp_path / mode).events(), applied, (watcher.knobs.beta, watcher.knobs.alpha)
 
 
 def test_act_mode_returns_decisions_and_records_every_one(tmp_path):
@@ -36,6 +32,29 @@ def test_act_mode_returns_decisions_and_records_every_one(tmp_path):
     assert "warning" in kinds and "alarm" in kinds and "alert" in kinds
     assert applied and beta > 0 and alpha > 0
     assert kinds.count("intervention") == len(applied)
+    changes = [json.loads(d) for d in events.filter(events["kind"] == "intervention")["data"]]
+    assert [c["action"] for c in changes] == [d.action for d in applied] and all(c["applied"] for c in changes)
+    assert (changes[-1]["beta"], changes[-1]["alpha"]) == (beta, alpha)
+
+
+def test_knobs_handed_over_queue_their_events_and_restores_go_through_the_hook():
+    from opdwatch.detector.knobs import Controller
+
+    config = WatchConfig(mode="act", policy=PolicySettings(restore_on_alarm=True, restore_margin_steps=3))
+    asked: list[int | None] = []
+    knobs = Controller(beta=0.0, alpha=0.0)  # no recorder: the loop drains and writes (as the trainer does)
+    rec = _Events()
+    watcher = Watcher(config, recorder=rec, knobs=knobs, restore=lambda max_step: asked.append(max_step) or 7)
+    last_ok, targets = None, []
+    for step, metrics in ROWS:
+        state, decisions = watcher.step(step, metrics)
+        targets += [last_ok - 3 for d in decisions if d.action == "restore"]  # the last ok step minus the margin
+        last_ok = step if state.level in ("ok", "warmup") else last_ok
+    events = knobs.drain()
+    assert events and all(kind != "intervention" for kind, _ in rec.events)  # nothing written behind the loop
+    restores = [e for e in events if e.action == "restore"]
+    assert restores and asked == targets
+    assert restores[0].message.endswith(": restored step 7") and restores[0].restored_step == 7
 
 
 def test_warn_mode_records_but_never_acts(tmp_path):
@@ -87,15 +106,12 @@ class _Events:
         self.events.append((kind, json.dumps(data, sort_keys=True, default=str)))
 
 
-def _act(watcher: Watcher, rows, knobs: list[float]) -> list[tuple]:
+def _act(watcher: Watcher, rows) -> list[tuple]:
     out = []
     for step, metrics in rows:
-        state, decisions = watcher.step(step, metrics, beta=knobs[0], alpha=knobs[1])
+        state, decisions = watcher.step(step, metrics)
         out.append((state.level, state.message))
-        for d in decisions:
-            out.append((d.action, d.beta, d.alpha, d.reason))
-            knobs[0] = d.beta if d.beta is not None else knobs[0]
-            knobs[1] = d.alpha if d.alpha is not None else knobs[1]
+        out.extend((d.action, d.beta, d.alpha, d.reason) for d in decisions)
     return out
 
 
@@ -104,15 +120,16 @@ def test_a_saved_and_loaded_watcher_acts_and_records_as_an_uninterrupted_one(k):
     config = WatchConfig(mode="act", detector=DetectorSettings(warmup_steps=3),
                          policy=PolicySettings(cooldown_steps=8, relax_after_steps=5))
     whole_rec = _Events()
-    expected = _act(Watcher(config, recorder=whole_rec, run_name="r"), ROWS, [0.0, 0.0])
+    expected = _act(Watcher(config, recorder=whole_rec, run_name="r"), ROWS)
     assert any(e[0] == "raise" for e in expected)
-    rec, knobs = _Events(), [0.0, 0.0]
+    rec = _Events()
     first = Watcher(config, recorder=rec, run_name="r")
-    got = _act(first, ROWS[:k], knobs)
+    got = _act(first, ROWS[:k])
     state = json.loads(json.dumps(first.state_dict(), allow_nan=False))
-    resumed = Watcher(config, recorder=rec, run_name="r", beta=knobs[0], alpha=knobs[1])
+    # the knobs are their holder's to save: a resumed loop starts its knobs where they were
+    resumed = Watcher(config, recorder=rec, run_name="r", beta=first.knobs.beta, alpha=first.knobs.alpha)
     resumed.load_state_dict(state)
-    got += _act(resumed, ROWS[k:], knobs)
+    got += _act(resumed, ROWS[k:])
     assert got == expected
     assert rec.events == whole_rec.events
 

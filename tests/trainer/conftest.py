@@ -27,6 +27,10 @@ TINY = [
     "demo.teacher.intermediate=64",
     "demo.teacher.sft_steps=20",
     "demo.teacher.copy_steps=5",
+    # The recipe the tiny teacher has always had: a partial demo.teacher section used to start from the student's
+    # defaults (copy_fraction 0.25) instead of the teacher's (0.3). Kept, so the tiny models and the pinned losses
+    # of test_controller_and_pinned.py stay what they were.
+    "demo.teacher.copy_fraction=0.25",
     "demo.student.batch_size=8",
     "demo.teacher.batch_size=8",
     "rollout.prompts_per_step=4",

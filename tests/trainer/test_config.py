@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -201,3 +202,74 @@ def test_nul_in_a_path_field_is_a_one_line_error(tmp_path: Path, field: str) -> 
     with pytest.raises(OpdwatchError) as info:
         load_config(config)
     assert _one_line(info).startswith(f"{field}=")
+
+
+def test_config_imports_no_torch_and_nothing_of_the_trainer_that_could_import_it_back() -> None:
+    # trainer.config once imported trainer.engines (-> components -> demo_teacher -> config) to validate
+    # engine.kind: a circle, and torch for a config check. Loading and validating a config needs neither.
+    import subprocess
+    import sys
+
+    code = ("import sys, trainer.config as c; c.load_config('demo_opd_watch', ['engine.kind=vllm']); "
+            "print('torch' in sys.modules, sorted(m for m in sys.modules if m.startswith('trainer')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False ['trainer', 'trainer.config']"
+
+
+def test_the_names_config_validates_against_are_the_registries_keys() -> None:
+    from trainer.config import ENGINE_KINDS, ESTIMATOR_NAMES
+    from trainer.engines import ENGINES
+    from trainer.variants import ESTIMATORS
+
+    assert set(ENGINE_KINDS) == set(ENGINES) and set(ESTIMATOR_NAMES) == set(ESTIMATORS)
+
+
+def test_recorder_section_is_the_recorders_own_settings() -> None:
+    from opdwatch.recorder import RecorderSettings
+
+    config = load_config(None, ["recorder.loop_min_run=8", "recorder.token_rollout_fraction=0"])
+    assert isinstance(config.recorder, RecorderSettings)
+    # the trainer's defaults differ on purpose (short demo responses); the rest are the recorder's
+    assert (config.recorder.tail_window, config.recorder.tail_threshold) == (64, 0.5)
+    assert (config.recorder.loop_min_run, config.recorder.ngram_n) == (8, RecorderSettings().ngram_n)
+    with pytest.raises(OpdwatchError) as info:  # bounds are RecorderSettings.validate's, named by dotted key
+        load_config(None, ["recorder.tail_window=0"])
+    assert _one_line(info).startswith("recorder.tail_window must be >= 1")
+
+
+@pytest.mark.parametrize(("override", "start"), [
+    ("opd.lr=-1", "opd.lr="),
+    ("opd.minibatches=99", "opd.minibatches=99"),  # a check across sections, in TrainConfig.validate
+    ("demo.teacher.hidden=30", "demo.teacher.hidden=30"),
+    ("watch.mode=loud", "watch.mode must be"),
+    ("watch.detector.warmup_steps=1", "watch.detector.warmup_steps must be >= 2"),
+    ("watch.policy.relax_factor=2", "watch.policy.beta_factor, alpha_factor, relax_factor"),
+    ("engine.kind=tpu", "engine.kind='tpu'"),
+    ("opd.steps=ten", "opd.steps='ten': expected int"),
+])
+def test_each_section_validates_itself_and_errors_name_the_dotted_key(override: str, start: str) -> None:
+    with pytest.raises(OpdwatchError) as info:
+        load_config(None, [override])
+    assert _one_line(info).startswith(start)
+
+
+def test_one_override_path_and_yaml_12_booleans() -> None:
+    from trainer.config import with_overrides
+
+    base = load_config(None)
+    assert with_overrides(base, ["opd.lr=1e-3", "watch.policy.cooldown_steps=3"]) == load_config(
+        None, ["opd.lr=1e-3", "watch.policy.cooldown_steps=3"])
+    assert with_overrides(base, {"opd.lr": 1e-3}).opd.lr == 1e-3
+    # `off` is the text "off" (YAML 1.1 made it False: watch.mode=off failed); switches still take yes/no/on/off
+    config = load_config(None, ["watch.mode=off", "run.progress=no", "log.wandb.enabled=on"])
+    assert (config.watch.mode, config.run.progress, config.log.wandb.enabled) == ("off", False, True)
+
+
+def test_a_section_given_in_part_keeps_the_parents_default_for_the_rest() -> None:
+    from trainer.config import TrainConfig
+
+    defaults = TrainConfig()
+    config = load_config(None, ["demo.teacher.copy_steps=7", "recorder.ngram_n=4"])
+    # the teacher stays the teacher (not the student's architecture), the recorder keeps the trainer's window
+    assert config.demo.teacher == dataclasses.replace(defaults.demo.teacher, copy_steps=7)
+    assert config.recorder == dataclasses.replace(defaults.recorder, ngram_n=4)

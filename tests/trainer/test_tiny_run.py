@@ -13,7 +13,8 @@ REQUIRED = [
     "time/rollout",
     "time/score",
     "time/update",
-    "time/record",
+    "time/record",  # inside Recorder.record_step
+    "time/record_total",  # the loop's whole recording phase (decode, offsets, record_step, all-reduce)
     "loss/total",
     "loss/opd",
     "loss/kl",

@@ -10,7 +10,7 @@ from opdwatch.reader import open_run
 from opdwatch.recorder import Recorder
 from trainer.checkpoint import save_checkpoint
 from trainer.config import load_config
-from trainer.controller import Controller
+from trainer.controller import Controller, record_events
 from trainer.loop import train
 from trainer.watch import TrainerWatch, restore_healthy
 
@@ -24,10 +24,10 @@ def _events(path):
 def test_act_mode_moves_the_controller_and_leaves_recording_of_changes_to_the_loop(tmp_path):
     rec = Recorder.create(tmp_path / "run")
     ctl = Controller(beta=0.0, alpha=0.0)
-    watch = TrainerWatch(WatchConfig(mode="act"), rec, run_name="t")
+    watch = TrainerWatch(WatchConfig(mode="act"), rec, controller=ctl, run_name="t")
     levels = []
     for step, metrics in ROWS:
-        state = watch(step, metrics, ctl)
+        state = watch(step, metrics)
         ctl.step = step
         levels.append(state.level)
     watch.close()
@@ -42,9 +42,9 @@ def test_act_mode_moves_the_controller_and_leaves_recording_of_changes_to_the_lo
 def test_warn_mode_never_touches_the_controller(tmp_path):
     rec = Recorder.create(tmp_path / "run")
     ctl = Controller(beta=0.0, alpha=0.0)
-    watch = TrainerWatch(WatchConfig(mode="warn"), rec)
+    watch = TrainerWatch(WatchConfig(mode="warn"), rec, controller=ctl)
     for step, metrics in ROWS:
-        watch(step, metrics, ctl)
+        watch(step, metrics)
     rec.close()
     assert (ctl.beta, ctl.alpha) == (0.0, 0.0) and ctl.drain() == []
     assert "warn-only" in " ".join(_events(tmp_path / "run")["message"].to_list())
@@ -52,8 +52,8 @@ def test_warn_mode_never_touches_the_controller(tmp_path):
 
 def test_off_mode_is_inert(tmp_path):
     rec = Recorder.create(tmp_path / "run")
-    watch = TrainerWatch(WatchConfig(mode="off"), rec)
-    assert all(watch(step, m, Controller(beta=0, alpha=0)) is None for step, m in ROWS)
+    watch = TrainerWatch(WatchConfig(mode="off"), rec, controller=Controller(beta=0, alpha=0))
+    assert all(watch(step, m) is None for step, m in ROWS)
     rec.close()
     assert _events(tmp_path / "run").height == 0
 
@@ -72,10 +72,12 @@ def test_restore_on_alarm_rolls_back_to_a_checkpoint_before_the_trouble(tmp_path
     with torch.no_grad():
         model.weight.fill_(-1.0)
     config = WatchConfig(mode="act", policy=PolicySettings(restore_on_alarm=True, restore_margin_steps=3))
-    watch = TrainerWatch(config, rec, restore=lambda max_step: restore_healthy(run_dir, max_step, model, opt))
     ctl = Controller(beta=0.0, alpha=0.0)
+    watch = TrainerWatch(config, rec, controller=ctl,
+                         restore=lambda max_step: restore_healthy(run_dir, max_step, model, opt))
     for step, metrics in ROWS:
-        watch(step, metrics, ctl)
+        watch(step, metrics)
+    record_events(rec, ctl.drain())  # what the loop does after each step: restores are controller events too
     rec.close()
     events = _events(run_dir)
     restores = events.filter(events["message"].str.contains("restored step"))
@@ -98,7 +100,7 @@ class _Events:
 def _watch_rows(watch, rows, ctl):
     levels = []
     for step, metrics in rows:
-        levels.append(watch(step, metrics, ctl).level)
+        levels.append(watch(step, metrics).level)
         ctl.step = step
     return levels
 
@@ -106,15 +108,15 @@ def _watch_rows(watch, rows, ctl):
 def test_watch_state_through_a_torch_checkpoint_continues_as_if_uninterrupted():
     config = WatchConfig(mode="act", policy=PolicySettings(cooldown_steps=8))
     whole_rec, whole_ctl = _Events(), Controller(beta=0.0, alpha=0.0)
-    whole = TrainerWatch(config, whole_rec)
+    whole = TrainerWatch(config, whole_rec, controller=whole_ctl)
     expected = _watch_rows(whole, ROWS, whole_ctl)
     rec, ctl = _Events(), Controller(beta=0.0, alpha=0.0)
-    first = TrainerWatch(config, rec)
+    first = TrainerWatch(config, rec, controller=ctl)
     got = _watch_rows(first, ROWS[:40], ctl)  # split inside the episode and the cooldown
     buffer = io.BytesIO()
     torch.save({"watch": first.state_dict()}, buffer)
     buffer.seek(0)
-    resumed = TrainerWatch(config, rec, beta=ctl.beta, alpha=ctl.alpha)  # as loop.train builds it on resume
+    resumed = TrainerWatch(config, rec, controller=ctl)  # as loop.train builds it on resume (ctl restored)
     resumed.resume(torch.load(buffer, weights_only=False)["watch"], step=40)
     got += _watch_rows(resumed, ROWS[40:], ctl)
     assert got == expected and rec.events == whole_rec.events
@@ -124,24 +126,45 @@ def test_watch_state_through_a_torch_checkpoint_continues_as_if_uninterrupted():
 
 
 def test_watch_without_usable_state_starts_afresh_and_says_so():
-    state = TrainerWatch(WatchConfig(mode="warn"), _Events())
+    state = TrainerWatch(WatchConfig(mode="warn"), _Events(), controller=Controller(beta=0.0, alpha=0.0))
     for step, metrics in ROWS[:10]:
-        state(step, metrics, Controller(beta=0.0, alpha=0.0))
+        state(step, metrics)
     saved = state.state_dict()
-    assert TrainerWatch(WatchConfig(mode="off"), _Events()).state_dict() is None  # e.g. ranks other than 0
+    off = TrainerWatch(WatchConfig(mode="off"), _Events(), controller=Controller(beta=0.0, alpha=0.0))
+    assert off.state_dict() is None  # e.g. ranks other than 0
     for ckpt_watch, config, why in (
         (None, WatchConfig(mode="warn"), "the checkpoint holds no watch state"),  # an older checkpoint
         (saved, WatchConfig(mode="warn", detector=DetectorSettings(h=6.0)), "other settings: h=5.0 (now 6.0)"),
     ):
         rec = _Events()
-        watch = TrainerWatch(config, rec)
+        watch = TrainerWatch(config, rec, controller=Controller(beta=0.0, alpha=0.0))
         watch.resume(ckpt_watch, step=10)
         assert watch.watcher.detector.steps_seen == 0
         [(kind, data)] = rec.events
         assert kind == "info" and why in json.loads(data)["message"] and json.loads(data)["step"] == 10
     rec = _Events()
-    TrainerWatch(WatchConfig(mode="off"), rec).resume(saved, step=10)  # off: nothing to continue, nothing said
+    TrainerWatch(WatchConfig(mode="off"), rec, controller=Controller(beta=0.0, alpha=0.0)).resume(saved, step=10)
     assert rec.events == []
+
+
+def test_a_watch_state_from_before_the_policy_lost_its_knobs_still_resumes():
+    # Older checkpoints: last_ok_step beside the watcher's state, and beta/alpha in the policy's state.
+    config = WatchConfig(mode="act", policy=PolicySettings(cooldown_steps=8))
+    whole_rec, whole_ctl = _Events(), Controller(beta=0.0, alpha=0.0)
+    whole = TrainerWatch(config, whole_rec, controller=whole_ctl)
+    expected = _watch_rows(whole, ROWS, whole_ctl)
+    rec, ctl = _Events(), Controller(beta=0.0, alpha=0.0)
+    first = TrainerWatch(config, rec, controller=ctl)
+    got = _watch_rows(first, ROWS[:40], ctl)
+    new = first.state_dict()["watcher"]
+    old = {"watcher": {**{k: v for k, v in new.items() if k != "last_ok_step"},
+                       "policy": {**new["policy"], "beta": ctl.beta, "alpha": ctl.alpha}},
+           "last_ok_step": new["last_ok_step"]}
+    resumed = TrainerWatch(config, rec, controller=ctl)
+    resumed.resume(old, step=40)
+    got += _watch_rows(resumed, ROWS[40:], ctl)
+    assert got == expected and rec.events == whole_rec.events
+    assert [c.message for c in ctl.drain()] == [c.message for c in whole_ctl.drain()]
 
 
 def test_restore_healthy_returns_none_without_an_old_enough_checkpoint(tmp_path):

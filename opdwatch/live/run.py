@@ -1,0 +1,241 @@
+"""LiveRun: a run followed while it is being written, reading only what is new (the dashboard's data layer).
+
+    live = LiveRun("runs/exp1")
+    live.tick()              # lists only recent step partitions, tails the events
+    live.series()            # opdwatch.series.step_series over the cached frames
+    live.rollouts(40)        # one step's rollouts, for the drill-down
+    live.rollout_tokens(40, rank=0, phase="train", rollout=3)   # one rollout's tokens
+
+:class:`opdwatch.reader.Run` re-lists and re-reads every partition on ``refresh()``, and ``step_series``
+re-aggregates the whole token table: seconds on a run of thousands of steps. A ``LiveRun`` keeps the file
+list (:class:`~opdwatch.live.incremental.PartIndex`), the step-metrics frame, the ``step_series`` and
+length frames and a byte offset per events file (:class:`~opdwatch.live.tail.EventTail`). A tick re-reads
+the manifest when it changed, lists what can have changed, tails the events, then recomputes the series
+rows of the changed steps only and splices them in (:mod:`opdwatch.live.splice`). The token table is read
+for new steps' aggregates and for one rollout at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from opdwatch.errors import OpdwatchError
+from opdwatch.event_log import EVENT_SCHEMA
+from opdwatch.format import MANIFEST, TABLES
+from opdwatch.live.incremental import PartIndex
+from opdwatch.live.splice import RunView, series_order, splice
+from opdwatch.live.tail import EventTail
+from opdwatch.reader import read_run_manifest, read_steps, scan_parts
+from opdwatch.run_files import Part
+from opdwatch.run_source import RunFacts
+from opdwatch.web_paths import Confinement, confine
+
+# Drill-down orders: the rollouts that matter for length inflation first.
+ROLLOUT_ORDERS = {
+    "length": [("num_tokens", True), ("seq_rep_n", True), ("advantage_mean", False)],
+    "repetition": [("repetitive", True), ("repetitive_token_share", True), ("seq_rep_n", True),
+                   ("num_tokens", True)],
+    "advantage": [("advantage_mean", False), ("num_tokens", True)],
+}
+
+
+@dataclass(frozen=True)
+class TickResult:
+    new_steps: int       # step numbers seen for the first time
+    changed: bool        # anything the views show changed (steps, rewritten steps, events, manifest)
+    reloaded: bool       # the run was reloaded from scratch (a resume rewrote its history)
+
+
+class LiveRun(RunFacts):
+    """A run directory followed incrementally. Thread-safe: the dashboard ticks it from callbacks.
+
+    Every column of ``step_series`` is a function of one step's files, so a tick recomputes the series
+    only for the steps whose files changed (a :class:`RunView` restricted to them) and splices those rows
+    into the cached frame; the result equals ``step_series(open_run(path))``. ``root``: files whose
+    resolved path leaves it are skipped (:class:`opdwatch.web_paths.Confinement`); None reads what is there.
+    """
+
+    def __init__(self, path: str | Path, *, root: str | Path | None = None) -> None:
+        self.path = Path(path)
+        self._confinement = None if root is None else Confinement(root)
+        self.root = None if self._confinement is None else self._confinement.root
+        if self.root is not None:
+            confine(self.path / MANIFEST, self.root)
+        self._lock = threading.RLock()
+        self._reset()
+        self.tick()
+
+    def _reset(self) -> None:
+        self.manifest: dict[str, Any] = read_run_manifest(self.path)  # validates the run (one-line error)
+        self._manifest_sig: tuple[int, int] | None = None
+        allows = None if self._confinement is None else self._confinement.allows
+        self._index = PartIndex(self.path, allows)
+        self._tail = EventTail(self.path, allows)
+        self._steps = read_steps([])
+        self._series: pl.DataFrame | None = None
+        self._lengths: pl.DataFrame | None = None
+        self._events = pl.DataFrame(schema=EVENT_SCHEMA)
+        self._loaded = False
+        self.version = 0
+
+    # ----------------------------------------------------------------------------------- tick
+    def tick(self) -> TickResult:
+        """Read what was written since the last tick; returns what changed."""
+        with self._lock:
+            try:
+                manifest_changed = self._read_manifest()
+                new_steps, dirty = self._index.update()
+                events_changed, restart = self._read_new_events()
+            except FileNotFoundError:
+                restart = True  # files vanished between listing and reading: a resume is dropping steps
+            if restart:
+                version = self.version
+                self._reset()
+                self.tick()
+                self.version = version + 1
+                return TickResult(new_steps=len(self._index.steps_seen()), changed=True, reloaded=True)
+            if dirty:
+                self._update_frames(dirty)
+            self._loaded = True
+            changed = manifest_changed or bool(dirty) or events_changed
+            if changed:
+                self.version += 1
+            return TickResult(new_steps=new_steps, changed=changed, reloaded=False)
+
+    def _read_manifest(self) -> bool:
+        try:
+            st = (self.path / MANIFEST).stat()
+        except PermissionError:  # the run directory's permissions changed while we follow it
+            raise OpdwatchError(f"{self.path}: permission denied") from None
+        sig = (st.st_size, st.st_mtime_ns)
+        if sig == self._manifest_sig:
+            return False
+        self.manifest = read_run_manifest(self.path)
+        self._manifest_sig = sig
+        return True
+
+    def _update_frames(self, dirty: set[int]) -> None:
+        """Re-read the step metrics of the dirty steps; recompute their series rows if already cached."""
+        from opdwatch.series import length_distribution, step_series  # the analysis layer, loaded when needed
+
+        steps = sorted(dirty)
+        view = self.source(steps)
+        kept = self._steps.filter(~pl.col("step").is_in(steps))
+        self._steps = pl.concat([kept, view.steps().collect()], how="diagonal_relaxed").sort(["step", "phase"])
+        if self._series is not None:
+            self._series = splice(self._series, step_series(view), steps, order=series_order)
+        if self._lengths is not None:
+            self._lengths = splice(self._lengths, length_distribution(view), steps)
+
+    def _read_new_events(self) -> tuple[bool, bool]:
+        """Append the new events; (changed, reload needed)."""
+        rows = self._tail.read_new()
+        if rows is None:
+            return False, True
+        if not rows:
+            return False, False
+        if self._loaded and any(r["kind"] == "resume" for r in rows):
+            return True, True  # steps after the resume point were dropped and are being redone
+        fresh = pl.DataFrame(rows, schema=EVENT_SCHEMA, orient="row")
+        self._events = pl.concat([self._events, fresh]).sort("time", maintain_order=True)
+        return True, False
+
+    # ---------------------------------------------------------------------------------- views
+    def source(self, steps: list[int] | None = None) -> RunView:
+        """The run as of the last tick as a :class:`~opdwatch.run_source.RunSource` (for the analysis
+        functions), restricted to ``steps`` (None: all)."""
+        with self._lock:
+            parts = {t: self._index.parts(t, steps=steps) for t in TABLES}
+            return RunView(self.path, self.manifest, parts, steps=self._steps if steps is None else None)
+
+    def parts(self, table: str, *, min_step: int | None = None) -> list[Part]:
+        """The files of ``table`` as of the last tick, sorted like ``Run.parts``."""
+        if table not in TABLES:
+            raise OpdwatchError(f"unknown table {table!r} (one of {TABLES})")
+        with self._lock:
+            parts = self._index.parts(table)
+        return parts if min_step is None else [p for p in parts if p.step >= min_step]
+
+    def steps(self, phase: str | None = None) -> pl.DataFrame:
+        """The cached step-metrics frame (what ``Run.steps(phase).collect()`` returns)."""
+        with self._lock:
+            frame = self._steps
+        return frame if phase is None else frame.filter(pl.col("phase") == phase)
+
+    def events(self) -> pl.DataFrame:
+        with self._lock:
+            return self._events
+
+    def series(self) -> pl.DataFrame:
+        """``opdwatch.series.step_series`` of the run, kept up to date by :meth:`tick` (the first call
+        computes it over the whole run: the cold load)."""
+        from opdwatch.series import step_series
+
+        with self._lock:
+            if self._series is None:
+                self._series = step_series(self.source())
+            return self._series
+
+    def lengths(self) -> pl.DataFrame:
+        """``opdwatch.series.length_distribution`` (train rollouts' step and length), kept up to date."""
+        from opdwatch.series import length_distribution
+
+        with self._lock:
+            if self._lengths is None:
+                self._lengths = length_distribution(self.source())
+            return self._lengths
+
+    @property
+    def last_step(self) -> int | None:
+        train = self.steps("train")  # sorted by step: the last row is the newest
+        return int(train["step"][-1]) if train.height else None
+
+    # ----------------------------------------------------------------------------- drill-down
+    def rollout_steps(self) -> list[int]:
+        """Steps that have rollout files, as of the last tick."""
+        with self._lock:
+            return self._index.steps_with_files("rollouts")
+
+    def table_parts(self, table: str, step: int | None = None, phase: str | None = None) -> list[Part]:
+        """The files of ``table`` (one step or all) as of the last tick, sorted like ``Run.parts``."""
+        with self._lock:
+            return self._index.parts(table, steps=None if step is None else [step], phase=phase)
+
+    def rollouts(self, step: int, *, phase: str | None = None, order: str = "length",
+                 with_text: bool = True) -> pl.DataFrame:
+        """The rollouts of one step, ordered for the drill-down (see :data:`ROLLOUT_ORDERS`)."""
+        frame = scan_parts(self.table_parts("rollouts", step, phase), "rollouts")
+        if not with_text:
+            frame = frame.drop("text", "prompt_text")
+        return order_rollouts(frame.collect(), order)
+
+    def rollout_tokens(self, step: int, *, rank: int, phase: str, rollout: int) -> pl.DataFrame:
+        """One rollout's token rows with each token's ``text`` (``opdwatch.drilldown.rollout_tokens`` on
+        this step's files only). Raises OpdwatchError when its token rows were not recorded."""
+        from opdwatch.drilldown import rollout_tokens
+
+        return rollout_tokens(self.source([step]), step=step, rollout=rollout, rank=rank, phase=phase)
+
+    def prompt_history(self, prompt_id: str, *, phase: str | None = None) -> pl.DataFrame:
+        """Every recorded rollout of one prompt across steps (no texts), to compare them step by step.
+        Scans the rollout table (not the token table); only called on a click."""
+        frame = scan_parts(self.table_parts("rollouts", None, phase), "rollouts").drop("text", "prompt_text")
+        return frame.filter(pl.col("prompt_id") == prompt_id).collect().sort(["step", "phase", "sample_index"])
+
+
+def order_rollouts(frame: pl.DataFrame, order: str = "length") -> pl.DataFrame:
+    """Sort a rollout frame for the drill-down: ``length`` (longest first), ``repetition`` (most
+    repetitive first) or ``advantage`` (lowest mean advantage first); nulls last."""
+    if order not in ROLLOUT_ORDERS:
+        raise OpdwatchError(f"unknown rollout order {order!r} (one of {sorted(ROLLOUT_ORDERS)})")
+    keys = ROLLOUT_ORDERS[order]
+    return frame.sort([k for k, _ in keys], descending=[d for _, d in keys], nulls_last=True,
+                      maintain_order=True)
+
+
+__all__ = ["ROLLOUT_ORDERS", "LiveRun", "TickResult", "order_rollouts"]

@@ -1,0 +1,184 @@
+"""The files of a run directory: step partitions, table files and what each file's footer says.
+
+    for step, directory in step_dirs(run / "tokens", since=40):
+        for path, (size, mtime_ns) in step_files(directory).items():
+            part = read_part(path, "tokens")      # a Part, or None for a file that must be skipped
+
+Both readers (:class:`opdwatch.reader.Run`, :class:`opdwatch.live.LiveRun`) list through here, so a file
+one of them skips is skipped by the other the same way. Hidden temp files are never listed; a directory or
+file that cannot be read, or a file with a column of the wrong type, is skipped with one
+:class:`RunReadWarning` naming it. Listing uses ``os.scandir`` (never a glob: run paths may hold ``[``,
+``*``, ``?``).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from opdwatch.format import ROLLOUT_SCHEMA, STEP_KEY_COLUMNS, TOKEN_SCHEMA, parse_part
+
+
+class RunReadWarning(UserWarning):
+    """A file of the run was skipped (unreadable or torn); the rest of the run is read."""
+
+
+@dataclass(frozen=True)
+class Part:
+    path: Path
+    step: int
+    rank: int
+    phase: str            # "train" or "val" (chunk suffixes like "train-1" are folded in)
+    columns: tuple[str, ...]
+    num_rows: int
+
+
+def polars_schema(schema: pa.Schema) -> pl.Schema:
+    """The polars dtypes an Arrow schema reads as."""
+    return pl.DataFrame(schema.empty_table()).schema
+
+
+# The polars schemas the readers scan the rollout and token tables in; step metrics are open (see STEP_KEYS).
+TABLE_SCHEMAS = {"rollouts": polars_schema(ROLLOUT_SCHEMA), "tokens": polars_schema(TOKEN_SCHEMA)}
+# The key columns of the step-metrics table; every other column is a Float64 metric.
+STEP_KEYS: dict[str, pl.DataType] = {"step": pl.Int64(), "phase": pl.String(), "rank": pl.Int32(),
+                                   "time": pl.Float64()}
+assert set(STEP_KEYS) == set(STEP_KEY_COLUMNS)
+
+
+def skipped(message: str, *, stacklevel: int = 3) -> None:
+    """Warn that something of the run was skipped: one line naming it and why (the CLI prints it as
+    ``opdwatch: warning: ...``)."""
+    warnings.warn(message, RunReadWarning, stacklevel=stacklevel)
+
+
+def why(exc: BaseException) -> str:
+    return "permission denied" if isinstance(exc, PermissionError) else type(exc).__name__
+
+
+# ----------------------------------------------------------------------------------------- listing
+def entries(directory: Path) -> list[os.DirEntry[str]]:
+    """The entries of ``directory`` sorted by name: none when it does not exist (not written yet, or
+    dropped by a resume) or is a file (a stray), none with a warning when it cannot be read."""
+    try:
+        with os.scandir(directory) as it:
+            return sorted(it, key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        skipped(f"{directory}: skipped unreadable directory ({why(exc)})")
+        return []
+
+
+def step_dirs(table_dir: Path, since: int | None = None) -> list[tuple[int, Path]]:
+    """(step, directory) of a table's step partitions, oldest first; only those >= ``since``."""
+    out = []
+    for entry in entries(table_dir):
+        if not entry.name.startswith("step="):
+            continue
+        try:
+            step = int(entry.name[5:])
+        except ValueError:
+            continue  # a stray, not a partition
+        if since is None or step >= since:
+            out.append((step, Path(entry.path)))
+    out.sort()
+    return out
+
+
+def step_files(step_dir: Path) -> dict[Path, tuple[int, int]]:
+    """The table files of one step partition (every rank) with their (size, mtime_ns); hidden temp files
+    are not listed, and a rank directory or file that cannot be read is skipped with a warning."""
+    files: dict[Path, tuple[int, int]] = {}
+    for rank_dir in entries(step_dir):
+        if not rank_dir.name.startswith("rank="):
+            continue
+        for entry in entries(Path(rank_dir.path)):
+            if not entry.name.endswith(".parquet") or entry.name.startswith((".", "_")):
+                continue
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue  # removed since the listing (a resume dropping steps)
+            except OSError as exc:
+                skipped(f"{entry.path}: skipped unreadable Parquet file ({why(exc)})")
+                continue
+            files[Path(entry.path)] = (st.st_size, st.st_mtime_ns)
+    return files
+
+
+def part_order(part: Part) -> tuple[int, int, str, str]:
+    """How both readers sort a table's files: by step, rank, phase, then name (chunks in write order)."""
+    return part.step, part.rank, part.phase, part.path.name
+
+
+# ----------------------------------------------------------------------------------------- footers
+def read_part(path: Path, table: str) -> Part | None:
+    """The :class:`Part` of a table file from its footer, or None for a file that must be skipped: not a
+    table file (a temp file, a stray), unreadable (warned), or with a column of the wrong type (warned:
+    polars would fail the whole scan, so one such file would hide the rest of the run)."""
+    parsed = parse_part(path)
+    if parsed is None:
+        return None
+    step, rank, name = parsed
+    try:
+        with pa.OSFile(os.fspath(path)) as fh:  # a local file, literally: pyarrow would expand a leading ~
+            meta = pq.read_metadata(fh)
+        columns, wrong = _footer_schema(table, meta)
+    except FileNotFoundError:
+        return None  # removed between listing and reading (a resume dropping steps)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file (or type polars cannot read) is skipped alike
+        skipped(f"{path}: skipped unreadable Parquet file ({why(exc)})")
+        return None
+    if wrong:
+        skipped(f"{path}: skipped Parquet file with wrong-typed column{'s' if len(wrong) > 1 else ''} "
+                + ", ".join(wrong))
+        return None
+    return Part(path, step, rank, name.split("-")[0], columns, meta.num_rows)
+
+
+# (table, serialized Arrow schema) -> (column names, wrong-typed columns): a run's thousands of files
+# share a handful of schemas, and deriving the check costs more than reading the footer
+_SCHEMA_CHECKS: dict[tuple[str, Any], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _footer_schema(table: str, meta: pq.FileMetaData) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The column names of a file and its wrong-typed columns (see :func:`_wrong_types`), cached by the
+    Arrow schema pyarrow stores in the footer (other writers' files: by the schema derived from it)."""
+    serialized = (meta.metadata or {}).get(b"ARROW:schema")
+    key: tuple[str, Any] | None = None if serialized is None else (table, serialized)
+    if key is not None and key in _SCHEMA_CHECKS:
+        return _SCHEMA_CHECKS[key]
+    schema = meta.schema.to_arrow_schema()
+    key = key or (table, schema)
+    if key not in _SCHEMA_CHECKS:
+        if len(_SCHEMA_CHECKS) >= 1024:  # bounded: a long-lived dashboard sees many runs
+            _SCHEMA_CHECKS.clear()
+        _SCHEMA_CHECKS[key] = (tuple(schema.names), _wrong_types(table, schema))
+    return _SCHEMA_CHECKS[key]
+
+
+def _wrong_types(table: str, schema: pa.Schema) -> tuple[str, ...]:
+    """``'column' (got, expected dtype)`` for each column whose stored type the reader's scan would refuse.
+
+    Compared as polars dtypes (what the scan checks): large strings are strings, and an all-null column
+    stored as the null type reads as nulls of any type.
+    """
+    got = polars_schema(schema)
+    if table == "steps":
+        expected = {c: STEP_KEYS.get(c, pl.Float64()) for c in got}  # every non-key column is a metric
+    else:
+        expected = {c: TABLE_SCHEMAS[table][c] for c in got if c in TABLE_SCHEMAS[table]}  # extras are ignored
+    return tuple(f"{c!r} ({dtype}, expected {expected[c]})" for c, dtype in got.items()
+                 if c in expected and dtype != expected[c] and dtype != pl.Null)
+
+
+__all__ = ["STEP_KEYS", "TABLE_SCHEMAS", "Part", "RunReadWarning", "entries", "part_order", "polars_schema",
+           "read_part", "skipped", "step_dirs", "step_files", "why"]

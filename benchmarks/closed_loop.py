@@ -4,10 +4,10 @@
     python benchmarks/closed_loop.py --seed 0 --reuse    # only re-plot cached runs
     python benchmarks/closed_loop.py --both opd.lr=1.5e-3 --both opd.steps=120   # same overrides for both runs
 
-Runs plain OPD (trainer/configs/demo_opd.yaml) and the same preset with the watch in "act" mode
-(trainer/configs/demo_opd_watch.yaml) from the same seed into benchmarks/.corpus/closed_loop/, prints each
-run's peak train truncation rate, first warning/alarm and interventions, and saves a figure of both runs'
-truncation and repetition curves (PNG via kaleido when it is installed, HTML always) to docs/img/.
+Runs plain OPD (the demo_opd preset, trainer/recipes/demo/configs/) and the same preset with the watch in "act"
+mode (demo_opd_watch) from the same seed into benchmarks/.corpus/closed_loop/, prints each run's peak train
+truncation rate, first warning/alarm and interventions, and saves a figure of both runs' truncation and repetition
+curves (PNG via kaleido when it is installed, HTML always) to docs/img/.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ IMG = ROOT / "docs" / "img"
 
 
 def train(preset: str, name: str, seed: int, extra: list[str]) -> Path:
-    cmd = [sys.executable, "-m", "opdwatch.cli", "train", f"trainer/configs/{preset}.yaml", f"run.output_dir={OUT}",
+    cmd = [sys.executable, "-m", "opdwatch.cli", "train", preset, f"run.output_dir={OUT}",  # a preset by name
            f"run.name={name}", f"run.seed={seed}", "run.progress=false", *extra]
     print("$ opdwatch train " + " ".join(cmd[4:]), flush=True)
     t0 = time.perf_counter()

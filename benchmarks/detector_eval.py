@@ -308,7 +308,8 @@ def generate_real(root: Path, only: str | None = None) -> None:
                 progress.advance(task)
                 continue
             # One thread: the machine is shared (the trajectory depends on the thread count; any is a real run).
-            cmd = [sys.executable, "-m", "opdwatch.cli", "train", f"trainer/configs/{preset}.yaml",
+            # the preset by name (trainer/recipes/demo/configs), so the command works from any directory
+            cmd = [sys.executable, "-m", "opdwatch.cli", "train", preset,
                    f"run.output_dir={root}", f"run.name={name}", "run.progress=false", "run.threads=1",
                    "val.every=0", "checkpoint.every=0", *overrides]
             progress.console.print(f"[bold]{name}[/]: {' '.join(cmd[3:])}")

@@ -2,7 +2,7 @@
 
     python benchmarks/rollout_throughput.py [--threads 2] [--batch 64] [--new-tokens 128] [--repeats 3]
 
-  fast     HFEngine(fast=True): trainer.fast_decode, a hand-written decode step with a preallocated KV cache
+  fast     HFEngine(fast=True): trainer/rollout/fast_decode.py, a hand-written decode step with a preallocated KV cache
   generic  HFEngine(fast=False): a sampling loop over the HF model's forward with its DynamicCache
   generate `model.generate` (transformers' own sampling loop)
 
@@ -20,10 +20,11 @@ import time
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from trainer.engine import SamplingParams
-from trainer.fast_decode import unsupported_reason
-from trainer.hf_engine import HFEngine, left_pad
-from trainer.models import load_causal_lm, tiny_llama
+from opdwatch.trainer.data.models import load_causal_lm
+from opdwatch.trainer.recipes.demo.tiny_llama import tiny_llama
+from opdwatch.trainer.rollout.engine import SamplingParams
+from opdwatch.trainer.rollout.fast_decode import unsupported_reason
+from opdwatch.trainer.rollout.hf_engine import HFEngine, left_pad
 
 EOS, PAD, VOCAB = 1, 0, 29
 

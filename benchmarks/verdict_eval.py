@@ -45,21 +45,28 @@ def score(frames: list[tuple[pl.DataFrame, object]], settings: VerdictSettings) 
         v = verdict(frame, settings=settings)
         onset_ok = (v.onset.step is None) if c.onset is None else (
             v.onset.step is not None and abs(v.onset.step - c.onset) <= 2)
+        ep_ok = len(v.episodes) == len(c.episodes) and all(
+            abs(e.start - a) <= 2 and ((b is None and e.end is None) or (b is not None and e.end is not None
+                                                                         and abs(e.end - b) <= 3))
+            for e, (a, b) in zip(v.episodes, c.episodes))
         rows.append({"family": c.family, "seed": c.seed, "want": c.label, "got": v.label, "onset": c.onset,
-                     "found": v.onset.step, "ok": v.label == c.label and onset_ok, "regimes": len(v.regimes)})
+                     "found": v.onset.step, "ok": v.label == c.label and onset_ok, "regimes": len(v.regimes),
+                     "episodes_ok": ep_ok})
     return rows
 
 
 def table(rows: list[dict], title: str) -> None:
     print(f"\n## {title}: {sum(r['ok'] for r in rows)}/{len(rows)} pass")
-    print("| family | designed label | passed | failures (seed: label, onset found vs designed) |")
-    print("| --- | --- | --- | --- |")
+    print("| family | designed label | label + onset | episodes (start ±2, end ±3) | failures (seed: label, onset "
+          "found vs designed) |")
+    print("| --- | --- | --- | --- | --- |")
     for fam in FAMILIES:
         rs = [r for r in rows if r["family"] == fam]
         if not rs:
             continue
         bad = "; ".join(f"{r['seed']}: {r['got']}, {r['found']} vs {r['onset']}" for r in rs if not r["ok"])
-        print(f"| {fam} | {rs[0]['want']} | {sum(r['ok'] for r in rs)}/{len(rs)} | {bad} |")
+        eps = f"{sum(r['episodes_ok'] for r in rs)}/{len(rs)}"
+        print(f"| {fam} | {rs[0]['want']} | {sum(r['ok'] for r in rs)}/{len(rs)} | {eps} | {bad} |")
 
 
 def stress(seeds: range = range(40)) -> list[tuple[str, pl.DataFrame]]:

@@ -91,16 +91,6 @@ def short_error(exc: BaseException) -> str:
 
 
 def detector_history(watched: Any) -> tuple[int | None, int | None]:  # noqa: ANN401 - dashboards.state.Watched
-    """First warning and first alarm of the detector on a watched run (a replay of its train steps, once
-    per run version): the live detector keeps only its current state, and the run list and run page tell
-    when it fired beside the verdict."""
-    from opdwatch.detector.replay import replay_rows, steps_to_rows
-
-    def build() -> tuple[int | None, int | None]:
-        train = watched.live.steps("train")
-        if train.height == 0:
-            return None, None
-        r = replay_rows(steps_to_rows(train), watched.detector.settings)
-        return r.first_warning, r.first_alarm
-
-    return watched.cached("detector-history", build)
+    """First warning and first alarm of the dashboard's detector on a watched run: the run list and run
+    page tell when it fired beside the verdict (:func:`opdwatch.verdict.detector_story`)."""
+    return watched.first_warning, watched.first_alarm

@@ -40,6 +40,9 @@ class Watched:
     live: LiveRun
     detector: Detector
     detector_state: DetectorState | None = None
+    # When the detector first left ok (the run list and run page tell it beside the verdict)
+    first_warning: int | None = None
+    first_alarm: int | None = None
     _fed_through: int | None = None
     _cache: dict[str, tuple[int, Any]] = field(default_factory=dict)
     # The run page's last full figures: their structure signature (events drawn, onset) and, per graph,
@@ -53,7 +56,7 @@ class Watched:
         with self._lock:
             if self.live.tick().reloaded:  # a resume rewrote history: replay the detector from the start
                 self.detector.reset()
-                self._fed_through = None
+                self._fed_through = self.first_warning = self.first_alarm = None
             self._feed_detector()
 
     def _feed_detector(self) -> None:
@@ -63,8 +66,12 @@ class Watched:
         if self._fed_through is not None:
             train = train.filter(pl.col("step") > self._fed_through)
         for step, metrics in steps_to_rows(train):
-            self.detector_state = self.detector.update(step, metrics)
+            state = self.detector_state = self.detector.update(step, metrics)
             self._fed_through = step
+            if state.level in ("warning", "alarm") and self.first_warning is None:
+                self.first_warning = step
+            if state.level == "alarm" and self.first_alarm is None:
+                self.first_alarm = step
 
     @property
     def version(self) -> int:

@@ -1,6 +1,7 @@
 """opdwatch: watch on-policy distillation runs, explain their failures, stop them before they happen.
 
-The core (this package) needs numpy, polars, pyarrow, plotly and rich only; torch lives in ``trainer``.
+The core (this package) needs numpy, polars, pyarrow, plotly and rich only; torch lives in ``opdwatch.trainer``
+(the repository's trainer/ folder), imported by the CLI only when `opdwatch train` or `opdwatch demo` runs.
 """
 
 from opdwatch._version import __version__

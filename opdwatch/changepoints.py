@@ -176,20 +176,21 @@ def pelt(x: np.ndarray, *, cost: str = "normal", penalty: float, min_size: int =
     best[0] = -penalty
     prev = np.zeros(n + 1, dtype=np.int64)
     cands = np.array([0], dtype=np.int64)
-    dominated: dict[int, np.ndarray] = {}
+    # PELT pruning, delayed by min_size: F(s) + C(s, t) > F(t) means a changepoint at t beats s for every
+    # later end t' >= t + min_size (costs are additive); ends closer than that cannot use t yet, so s
+    # leaves the candidates only then (at `expires[s]`).
+    expires = np.full(n + 1, n + 1, dtype=np.int64)
     for t in range(min_size, n + 1):
         new = t - min_size
         if new >= min_size:  # a start at `new` leaves a first part of at least min_size steps
             cands = np.append(cands, new)
-        if new in dominated:  # PELT pruning, delayed by min_size: see below
-            cands = np.setdiff1d(cands, dominated.pop(new), assume_unique=True)
+        cands = cands[expires[cands] > t]
         total = best[cands] + seg_cost(cands, t)
         i = int(np.argmin(total))
         best[t] = total[i] + penalty
         prev[t] = cands[i]
-        # F(s) + C(s, t) > F(t) means a changepoint at t beats s for every later end t' >= t + min_size
-        # (costs are additive); ends closer than that cannot use t yet, so s leaves the set only then.
-        dominated[t] = cands[total > best[t]]
+        beaten = cands[total > best[t]]
+        expires[beaten] = np.minimum(expires[beaten], t + min_size)
     starts, t = [], n
     while t > 0:
         t = int(prev[t])

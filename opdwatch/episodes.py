@@ -5,8 +5,10 @@ is at least ``collapse_level``. Regimes are at least ``min_size`` steps and one-
 before segmenting, so a spike that recovers is never an episode, while a noisy 0.2-0.6 regime after a
 collapse, whose single steps cross 0.5 now and then, is not one either (its level is 0.4).
 
-- ``start``: the first raised step, walked back from the episode's first regime exactly as the onset is
-  (:func:`opdwatch.onset.walk_back`), so the first episode of a run starts at its onset.
+- ``start``: the first step at or above the collapse level, walked back from the episode's first regime
+  over the steps just before it that are already at the level (the cost blurs where a regime begins).
+  The onset (:mod:`opdwatch.onset`) is the first *raised* step, so a collapse that ramps up
+  (0.11 -> 0.23 -> 0.69 -> 0.92) has its onset at the 0.11 step and its episode from the 0.69 step.
 - ``peak_step`` / ``peak``: the highest truncation rate inside the episode.
 - ``end``: the last step at or above the collapse level before the level falls (walked forward over the
   steps right after the last regime that are still at the collapse level, as the start is walked back),
@@ -20,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from opdwatch.changepoints import Regime
-from opdwatch.onset import walk_back
 
 
 @dataclass(frozen=True)
@@ -64,23 +65,25 @@ def find_episodes(steps: np.ndarray, values: np.ndarray, regimes: list[Regime] |
 def _episode(steps: np.ndarray, values: np.ndarray, regimes: list[Regime] | tuple[Regime, ...], i: int, j: int,
              collapse_level: float) -> Episode:
     first, last = regimes[i], regimes[j]
-    start = first.start
-    if i > 0:  # walked back over the ramp into it, never past the regime before
-        start = walk_back(steps, values, regimes[i - 1], first.start, first.level)
+    high = values >= collapse_level
+    lo = int(np.searchsorted(steps, first.start))
+    floor = int(np.searchsorted(steps, regimes[i - 1].start)) if i > 0 else 0
+    while lo > floor and high[lo - 1]:  # walked back over steps already at the level
+        lo -= 1
+    hi = int(np.searchsorted(steps, last.end, side="right"))  # exclusive
     ongoing = j == len(regimes) - 1
-    stop = last.end
-    if not ongoing:  # walked forward over steps still at the collapse level (the cost blurs where a
-        k = int(np.searchsorted(steps, stop, side="right"))  # noisy regime begins), like the start
-        while k < len(steps) and steps[k] <= regimes[j + 1].end and values[k] >= collapse_level:
-            stop, k = int(steps[k]), k + 1
-    inside = (steps >= start) & (steps <= stop)
-    high = np.flatnonzero(inside & (values >= collapse_level))
-    end = None if ongoing else int(steps[high[-1]]) if len(high) else stop
-    window = inside & (steps <= (end if end is not None else stop))
-    k = int(np.argmax(np.where(window, values, -np.inf)))
+    if not ongoing:  # walked forward over steps still at the level (the cost blurs where a noisy regime
+        ceiling = int(np.searchsorted(steps, regimes[j + 1].end, side="right"))  # begins)
+        while hi < ceiling and high[hi]:
+            hi += 1
+    at = lo + np.flatnonzero(high[lo:hi])  # the episode runs from its first to its last step at the level
+    if len(at):
+        lo, hi = int(at[0]), int(at[-1]) + 1
+    k = lo + int(np.argmax(values[lo:hi]))
     weights = np.array([r.steps for r in regimes[i:j + 1]], dtype=float)
     level = float(np.average([r.level for r in regimes[i:j + 1]], weights=weights))
-    return Episode(start=start, peak_step=int(steps[k]), peak=float(values[k]), end=end, level=level)
+    return Episode(start=int(steps[lo]), peak_step=int(steps[k]), peak=float(values[k]),
+                   end=None if ongoing else int(steps[hi - 1]), level=level)
 
 
 def spans(episodes: list[Episode] | tuple[Episode, ...]) -> list[tuple[int, int | None, str]]:

@@ -21,6 +21,7 @@ the changepoint as evidence.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,7 +104,7 @@ def find_onset(series: pl.DataFrame, *, min_level: float = 0.3, min_rise: float 
         if i is not None:
             ratio = length.regimes[i].level / base
             return _accept(series, length, i, f"length x{ratio:.2f} >= x{min_length_ratio}", regimes)
-    return _reject(trunc, length, min_level, regimes)
+    return _reject(trunc, length, min_level, min_rise, regimes)
 
 
 def truncation_regimes(series: pl.DataFrame, changepoints: ChangepointSettings | None = None) -> _Series | None:
@@ -132,7 +133,7 @@ def walk_back(steps: np.ndarray, values: np.ndarray, quiet: Regime, start: int, 
     return int(steps[i])
 
 
-def _first_raised(regimes: list[Regime], raised) -> int | None:  # noqa: ANN001 - (regime, quiet) -> bool
+def _first_raised(regimes: list[Regime], raised: Callable[[Regime, Regime], bool]) -> int | None:
     """Index of the first regime that is raised against the last quiet regime before it (regime 0 is
     the quiet reference; a run that starts raised has no onset)."""
     quiet = regimes[0] if regimes else None
@@ -169,7 +170,8 @@ def _accept(frame: pl.DataFrame, s: _Series, i: int, level_reason: str, regimes:
                  supporting=supporting, regimes=regimes)
 
 
-def _reject(trunc: _Series | None, length: _Series | None, min_level: float, regimes: tuple[Regime, ...]) -> Onset:
+def _reject(trunc: _Series | None, length: _Series | None, min_level: float, min_rise: float,
+            regimes: tuple[Regime, ...]) -> Onset:
     if trunc is None:
         return Onset(step=None, series=TRUNCATION, evidence="too few steps with a truncation rate to look for an "
                      "onset" if length is None else "no truncation rate; no length inflation either")
@@ -181,7 +183,7 @@ def _reject(trunc: _Series | None, length: _Series | None, min_level: float, reg
                 f"{first.end}), no quiet regime before it")
     else:
         text = (f"no onset: {len(trunc.regimes)} truncation regimes, the highest {top.level:.3g} (steps "
-                f"{top.start}-{top.end}) does not mark inflation (< {min_level} or < 0.15 above the one before)")
+                f"{top.start}-{top.end}) does not mark inflation (< {min_level} or < {min_rise} above the one before)")
     if length is not None:
         text += (f"; mean length {length.regimes[0].level:.3g} -> {length.regimes[-1].level:.3g} "
                  f"({len(length.regimes)} regimes) is no inflation either")

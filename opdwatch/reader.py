@@ -125,7 +125,8 @@ def read_steps(parts: list[Part]) -> pl.DataFrame:
     columns: dict[str, None] = {}
     for p in parts:
         columns.update(dict.fromkeys(p.columns))
-    schema = dict(STEP_KEYS) | {c: pl.Float64() for c in columns if c not in STEP_KEYS}
+    # a metric column that happens to be named like the file-path column is left out, not a clash
+    schema = dict(STEP_KEYS) | {c: pl.Float64() for c in columns if c not in STEP_KEYS and c != _FILE}
     # maintain_order: rows of one (step, phase) stay in file order, so "the last file" is well defined
     frame = scan_files([p.path for p in parts], schema, file_column=_FILE).collect()
     return _one_row_per_step(frame.sort(["step", "phase"], maintain_order=True)).drop(_FILE)

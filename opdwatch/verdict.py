@@ -86,15 +86,12 @@ class Verdict:
     onset: Onset
     episodes: tuple[Episode, ...] = ()
     current: Current | None = None
+    regimes: tuple[Regime, ...] = ()  # every truncation-rate regime, in step order
 
     @property
     def kind(self) -> str:
         """healthy | inflating | degraded | collapsed: the worst that happened (CSS classes, colours)."""
         return self.label.split(",")[0]
-
-    @property
-    def regimes(self) -> tuple[Regime, ...]:
-        return self.onset.regimes
 
     def json_fields(self) -> dict[str, object]:
         """What ``opdwatch analyze --json`` adds beside the label and reasons."""
@@ -134,7 +131,7 @@ def verdict(series: pl.DataFrame, onset: Onset | None = None, *,
                    f"{current.step}); {current.value:.2f} at step {current.step}, {current.tail_median:.2f} median "
                    f"of the last {min(s.tail, len(values))} steps")
     reasons.extend(_context(series))
-    return Verdict(label, tuple(reasons), onset, episodes, current)
+    return Verdict(label, tuple(reasons), onset, episodes, current, tuple(regimes))
 
 
 # The detector's levels and the verdict's kinds, on one scale: what each says about the run.

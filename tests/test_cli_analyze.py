@@ -38,6 +38,26 @@ def test_json(runs, tmp_path: Path, capsys) -> None:
     assert opd["steps"] == 20 and opd["latest"]["rollout/truncation_rate"]["step"] == 20
     assert data["report"] == str(tmp_path / "report.html") and Path(data["report"]).exists()
     assert data["nonfinite"] == []
+    # the verdict over the whole history: its kind, collapse episodes, where the run is now
+    (episode,) = opd["episodes"]
+    assert opd["verdict_kind"] == "collapsed" and episode["start"] >= opd["onset_step"] and episode["end"] is None
+    assert opd["current"]["level"] >= 0.5 and opd["regimes"][0]["start"] == 1
+    assert stable["episodes"] == [] and stable["verdict_kind"] == "healthy"
+
+
+def test_json_names_a_partial_recovery(tmp_path: Path, capsys) -> None:
+    from tests.synthetic_runs import recorded_case
+
+    path, case = recorded_case(tmp_path, "partial", 3)
+    assert main(["analyze", str(path), "--json"]) == 0
+    (run,) = json.loads(capsys.readouterr().out)["runs"]
+    assert run["verdict"] == "collapsed, recovering" and abs(run["onset_step"] - case.onset) <= 2
+    (episode,) = run["episodes"]
+    assert episode["start"] >= run["onset_step"] and episode["end"] is not None and episode["peak"] >= 0.9
+    assert run["current"]["level"] < 0.5 and any(r.startswith("now: truncation rate") for r in run["reasons"])
+    assert main(["analyze", str(path), "--no-report"]) == 0
+    text = capsys.readouterr().out
+    assert "collapsed, recovering" in text and "collapse episode" in text
 
 
 def test_json_writes_no_report_without_out(runs, tmp_path: Path, monkeypatch, capsys) -> None:

@@ -28,7 +28,7 @@ def test_episodes_where_designed(case_root: Path, family: str, seed: int) -> Non
     v = verdict(series)
     assert len(v.episodes) == len(c.episodes) == 1, [e.describe() for e in v.episodes]
     (ep,), ((start, end),) = v.episodes, c.episodes
-    assert abs(ep.start - start) <= 2 and ep.start == v.onset.step
+    assert abs(ep.start - start) <= 2 and ep.start >= v.onset.step  # the onset is the first raised step
     if end is None:
         assert ep.end is None and ep.ongoing
     else:

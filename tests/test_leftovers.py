@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import trainer.checkpoint as checkpoint
-import trainer.demo_teacher as demo_teacher
+import opdwatch.trainer.loop.checkpoint as checkpoint
+import opdwatch.trainer.recipes.demo.demo_teacher as demo_teacher
 from opdwatch.atomic import is_stale_temp, remove_stale_temps
 from opdwatch.reader import open_run
 from opdwatch.recorder import Recorder
+from opdwatch.trainer.config import load_config
 from tests.test_reader import small_run
-from trainer.config import load_config
 
 
 @pytest.fixture

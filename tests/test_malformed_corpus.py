@@ -458,6 +458,34 @@ def test_cli(case: Case, corpus: Corpus, wide: None, capsys: pytest.CaptureFixtu
     assert not failures, "\n".join(failures)
 
 
+EVENT_CASES = ["torn last events line", "events line not an object", "events with wrong-typed fields"]
+
+
+@pytest.mark.parametrize("case_id", EVENT_CASES)
+def test_both_readers_parse_events_alike(case_id: str, corpus: Corpus) -> None:
+    """Run.events() (the full read) and LiveRun.events() (the incremental tail) share one parser: the same
+    rows, and one warning each for the same lines."""
+    from polars.testing import assert_frame_equal
+
+    from opdwatch.live import LiveRun
+    from opdwatch.reader import RunReadWarning, open_run
+
+    path = corpus.paths[case_id]
+    seen = {}
+    for kind, read in (("run", lambda: open_run(path).events()), ("live", lambda: LiveRun(path).events())):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            seen[kind] = read()
+        messages = [str(w.message) for w in caught if issubclass(w.category, RunReadWarning)]
+        assert len(messages) == (1 if kind == "run" or case_id != "torn last events line" else 0), messages
+        if kind == "run":
+            expected = messages
+        elif messages:  # a torn *last* line is not read by the tail: it waits for the rest of the line
+            assert messages == expected
+    assert_frame_equal(seen["live"], seen["run"])
+    assert seen["run"].height == 2  # make_run's warning and alarm; none of the damaged lines
+
+
 # ------------------------------------------------------------------------- permissions: another user
 def _other_user() -> list[str] | None:
     """A command prefix that runs a process as an unprivileged user ([] when we are not root)."""

@@ -21,7 +21,7 @@ from opdwatch.series import ROLLOUT_SERIES, TOKEN_SERIES, rollout_aggregates, to
 
 SETTINGS = RecorderSettings(tail_window=32, tail_threshold=0.6, ngram_n=3, loop_min_run=4)
 EOS = 2
-# The partial keys are the distributed-reduction contract (trainer/distributed.py all-gathers them).
+# The partial keys are the distributed-reduction contract (trainer/parallel/distributed.py all-gathers them).
 PARTIAL_KEYS = {
     *(f"{kind}:rollout/{name}" for kind in ("sum", "n") for name in
       ("truncation_rate", "repetition_rate", "loop_rate", "mean_length", "zlib_tail_ratio_mean", "accuracy")),

@@ -9,7 +9,7 @@ import pytest
 
 from opdwatch.analysis import analyze_run
 from opdwatch.reader import open_run
-from opdwatch.report import FIGURE_IDS, write_report
+from opdwatch.report import FIGURE_IDS, render_report, write_report
 from tests.synthetic_runs import make_run
 
 
@@ -46,6 +46,21 @@ def test_marks_onsets_events_and_verdicts(report) -> None:
     assert "class='v-collapsed'>collapsed" in html and "class='v-healthy'>healthy" in html
     assert "truncation collapse &lt;script&gt;" in html  # the alarm, escaped, in the events table
     assert "<script>alert(1)</script>" not in html
+
+
+def test_marks_collapse_episodes(report, tmp_path: Path) -> None:
+    html, analyses = report
+    opd = analyses[0]
+    (episode,) = opd.verdict.episodes
+    assert episode.end is None and f"collapse since step {episode.start}" in html  # summary table
+    assert '"type":"rect"' in html and f"OPD: {episode.describe()}" in html  # shaded band with its hover text
+    from tests.synthetic_runs import recorded_case
+
+    partial = analyze_run(open_run(recorded_case(tmp_path, "partial", 3)[0]), label="partial")
+    page = render_report([partial])
+    (ep,) = partial.verdict.episodes
+    assert "class='v-collapsed'>collapsed, recovering" in page
+    assert f"collapse steps {ep.start}-{ep.end}" in page and page.count('"type":"rect"') >= 4
 
 
 def test_report_into_missing_directory_is_a_user_error(report, tmp_path: Path) -> None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.config import load_config
-from trainer.demo import run_demo
-from trainer.loop import train
+from opdwatch.trainer.config import load_config
+from opdwatch.trainer.loop.loop import train
 
 
 def train_main(config_path: str, overrides: list[str], resume: bool, *, overwrite: bool = False) -> Path:
@@ -15,5 +14,10 @@ def train_main(config_path: str, overrides: list[str], resume: bool, *, overwrit
     return train(config, resume=resume, overwrite=overwrite)
 
 
-# `opdwatch demo [--output-dir D] [--seed N] [--threads N] [--steps N] [--cache-dir D] [key=value]`
-demo_main = run_demo
+def demo_main(**kwargs) -> tuple[Path, Path]:
+    """`opdwatch demo [--output-dir D] [--seed N] [--threads N] [--steps N] [--cache-dir D] [key=value]`: the
+    keyword arguments of `recipes.demo.demo.run_demo`. Imported here, not at the top: `opdwatch train` with real
+    models must not import the demo recipe."""
+    from opdwatch.trainer.recipes.demo.demo import run_demo
+
+    return run_demo(**kwargs)

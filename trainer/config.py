@@ -6,9 +6,11 @@ Parsing, typing and the override path are opdwatch.config_tree's, shared with `o
 validates its own fields in `validate()`, and `TrainConfig.validate()` checks what spans sections.
 `config_to_dict` gives the resolved tree that goes into the run manifest.
 
-Torch-free (`opdwatch train` validates a config before the trainer's heavy imports): the names of the rollout
-engines and the estimators are listed here, and a test keeps them equal to their registries
-(trainer.engines.ENGINES, trainer.variants.ESTIMATORS), which import torch.
+Torch-free (`opdwatch train` validates a config before the trainer's heavy imports) and importing nothing else
+of the trainer: the names of the rollout engines and the estimators are listed here, and a test keeps them equal
+to their registries (rollout/engines.py ENGINES, objectives/variants.py ESTIMATORS), which import torch.
+Presets are looked up by name in two folders: trainer/configs (real runs) and the demo recipe's
+trainer/recipes/demo/configs.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from opdwatch.errors import OpdwatchError
 from opdwatch.loggers import WandbConfig
 from opdwatch.recorder import RecorderSettings
 
-ENGINE_KINDS = ("hf", "vllm")  # keys of trainer.engines.ENGINES
-ESTIMATOR_NAMES = ("sampled_token", "topk_reverse_kl")  # keys of trainer.variants.ESTIMATORS
+ENGINE_KINDS = ("hf", "vllm")  # keys of rollout.engines.ENGINES
+ESTIMATOR_NAMES = ("sampled_token", "topk_reverse_kl")  # keys of objectives.variants.ESTIMATORS
 
 
 def _check(ok: bool, message: str) -> None:
@@ -169,7 +171,7 @@ class RolloutConfig:
 @dataclass(frozen=True)
 class ObjectiveConfig:
     # Objective variant (Revisiting OPD; docs/scale.md)
-    estimator: str = "sampled_token"  # key of trainer.variants.ESTIMATORS: sampled_token | topk_reverse_kl
+    estimator: str = "sampled_token"  # key of objectives.variants.ESTIMATORS: sampled_token | topk_reverse_kl
     topk: int = 32  # teacher support size K of topk_reverse_kl
     mask_special_tokens: bool = False  # chat-template and other special tokens get no loss (EOS keeps it)
 
@@ -181,17 +183,17 @@ class ObjectiveConfig:
 
 @dataclass(frozen=True)
 class TokensConfig:
-    # Student/teacher tokenizers (EOS canonicalisation, trainer.eos_canon)
+    # Student/teacher tokenizers (EOS canonicalisation, data.eos_canon)
     eos_map: str = ""  # "" = EOS and specials must agree; "auto"; or "student:teacher" pairs (ids or token strings)
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     # Rollout engine
-    kind: str = "hf"  # key of trainer.engines.ENGINES: hf (transformers) | vllm (GPU, optional extra)
+    kind: str = "hf"  # key of rollout.engines.ENGINES: hf (transformers) | vllm (GPU, optional extra)
     dtype: str = "bfloat16"  # vllm: weight dtype of the rollout copy
     gpu_memory_utilization: float = 0.4  # vllm: share of GPU memory for weights + KV cache (colocated training)
-    # hf: decode Llama/Qwen2 models with trainer.fast_decode (same math, ~2x tokens/s); false = the HF forward loop
+    # hf: decode Llama/Qwen2 models with rollout.fast_decode (same math, ~2x tokens/s); false = the HF forward loop
     fast_decode: bool = True
 
     def validate(self) -> None:
@@ -202,8 +204,8 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class DistributedConfig:
-    # Multi-process training under torchrun (trainer.distributed; one process ignores this section)
-    # shard the student with FSDP2 (trainer.fsdp) instead of one full replica per rank; for students that do
+    # Multi-process training under torchrun (parallel.distributed; one process ignores this section)
+    # shard the student with FSDP2 (parallel.fsdp) instead of one full replica per rank; for students that do
     # not fit one device. Rollouts then come from an unsharded copy (hf engine) or vLLM's own weights
     fsdp: bool = False
 
@@ -352,17 +354,21 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return tree
 
 
-PRESETS_DIR = Path(__file__).parent / "configs"
+PRESETS_DIR = Path(__file__).parent / "configs"  # real-run presets (HF models, GPUs)
+# The demo recipe's presets: found by name like the others, but only paths here, so the config imports no recipe
+DEMO_PRESETS_DIR = Path(__file__).parent / "recipes" / "demo" / "configs"
+PRESET_DIRS = (PRESETS_DIR, DEMO_PRESETS_DIR)
 
 
 def resolve_preset(path: str | Path) -> Path:
-    """A YAML path, or the name of a preset in trainer/configs (``demo_stable_opd``), so the shipped presets
-    work from any directory and from a wheel install."""
+    """A YAML path, or the name of a shipped preset (``demo_stable_opd``, ``gpu_qwen1p5b_r1distill7b``) in one of
+    PRESET_DIRS, so the presets work from any directory and from a wheel install."""
     path = Path(path)
     if path.exists():
         return path
-    preset = PRESETS_DIR / f"{path.name.removesuffix('.yaml')}.yaml"
-    if path.parent == Path(".") and preset.exists():
-        return preset
-    known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
+    name = f"{path.name.removesuffix('.yaml')}.yaml"
+    for folder in PRESET_DIRS:
+        if path.parent == Path(".") and (folder / name).exists():
+            return folder / name
+    known = ", ".join(sorted(p.stem for folder in PRESET_DIRS for p in folder.glob("*.yaml")))
     raise OpdwatchError(f"config file not found: {path} (presets: {known})")

@@ -8,7 +8,7 @@ click on any point opens that step's rollouts in the token drill-down.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dash
 import polars as pl
@@ -39,6 +39,9 @@ from opdwatch.plots import (
 )
 from opdwatch.plots._style import EVENT_COLORS, trace_columns, trace_points
 from opdwatch.plots.training import with_accuracy
+
+if TYPE_CHECKING:
+    from opdwatch.verdict import Verdict
 
 dash.register_page(__name__, path="/run", name="Run", title="opdwatch: run", order=1)
 
@@ -108,11 +111,11 @@ def refresh(_n: int | None, name: str, shown: dict | None) -> tuple[Any, ...]:
     return (*figs, meta(watched), detector(watched), events_table(watched), store)
 
 
-def run_verdict(watched: Watched):  # noqa: ANN201 - opdwatch.verdict.Verdict | None
+def run_verdict(watched: Watched) -> Verdict | None:
     """The verdict of the run's step series (what ``opdwatch analyze`` says), once per run version."""
     from opdwatch.verdict import verdict
 
-    def build():  # noqa: ANN202
+    def build() -> Verdict | None:
         series = watched.live.series()
         return verdict(series) if series.height else None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import dash
 from dash import Input, Output, callback, dcc, html
@@ -16,6 +17,9 @@ from dashboards.components import detector_history, event_line, fmt, href, run_h
 from dashboards.state import Watched, registry
 from opdwatch.errors import OpdwatchError
 from opdwatch.summary import STALE_AFTER_S
+
+if TYPE_CHECKING:
+    from opdwatch.verdict import Verdict
 
 dash.register_page(__name__, path="/", name="Runs", title="opdwatch: runs", order=0)
 
@@ -91,11 +95,11 @@ def verdict(watched: Watched) -> html.Span | str:
     return html.Span([label, html.Div(story, className="opd-story")])
 
 
-def list_verdict(watched: Watched):  # noqa: ANN201 - Verdict | None
+def list_verdict(watched: Watched) -> Verdict | None:
     """The run's verdict on its train-step metrics, once per run version (None before the first step)."""
     from opdwatch.verdict import verdict as judge
 
-    def build():  # noqa: ANN202
+    def build() -> Verdict | None:
         train = watched.live.steps("train")
         return judge(train) if train.height else None
 

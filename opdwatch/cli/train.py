@@ -13,7 +13,8 @@ from opdwatch.terminal import plain
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train with a YAML config (plain OPD or Stable-OPD)",
                        description="Train with a YAML config; override any field with dotted key=value, "
-                       "e.g. opd.lr=1e-3 opd.beta=0.1. Presets: trainer/configs/.")
+                       "e.g. opd.lr=1e-3 opd.beta=0.1. Presets by name from trainer/configs/ and "
+                       "trainer/recipes/demo/configs/.")
     p.add_argument("config", metavar="CONFIG", help="YAML file, or a preset name such as demo_stable_opd")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     again = p.add_mutually_exclusive_group()
@@ -35,7 +36,7 @@ def handle(args: argparse.Namespace) -> int:
 def import_trainer():  # noqa: ANN201 - module object
     """The trainer entry points, or one clear line when the `train` extra is missing."""
     try:
-        import trainer.cli_entry as entry
+        import opdwatch.trainer.cli_entry as entry
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in ("torch", "transformers", "math_verify", "tokenizers", "tqdm"):
             raise OpdwatchError(f"the trainer needs the 'train' extra ({exc.name} is missing): "

@@ -5,7 +5,7 @@ one record of what was done to the run.
     knobs.set(beta=0.2, reason="repetition alarm")          # -> an "intervention" event
     loss = opd + knobs.beta * kl + knobs.alpha * sft        # read every step: a change applies from the next
 
-`Controller` is the only holder of beta/alpha: the trainer's loop (trainer/loop.py) and the early-warning
+`Controller` is the only holder of beta/alpha: the trainer's loop (trainer/loop/loop.py) and the early-warning
 watcher (opdwatch/detector/watcher.py) both use it, and the intervention policy only proposes targets.
 Every change, and every restore noted on it, is a :class:`ControlEvent`, written by :func:`record_events`
 and nothing else (kind "intervention"; a restore that found no checkpoint is an "info"). With a recorder

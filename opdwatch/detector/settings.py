@@ -137,7 +137,7 @@ class WandbSettings:
 
 @dataclass(frozen=True)
 class WatchConfig:
-    # Early-warning watch of a training run (trainer/watch.py)
+    # Early-warning watch of a training run (trainer/loop/watch.py)
     mode: str = "off"  # "off": nothing; "warn": detect, record and alert only; "act": also intervene
     detector: DetectorSettings = field(default_factory=DetectorSettings)  # the detector
     policy: PolicySettings = field(default_factory=PolicySettings)  # interventions in "act" mode

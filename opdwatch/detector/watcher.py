@@ -11,7 +11,7 @@ each change through ``recorder``), and performs restores through ``restore`` whe
 rolls the model back to the newest checkpoint at or before a step, returning that checkpoint's step or None).
 Without ``restore`` a restore decision is recorded as requested and returned, for the loop to carry out.
 
-Torch-free, so it is tested without the trainer; trainer/watch.py binds it to the trainer's controller,
+Torch-free, so it is tested without the trainer; trainer/loop/watch.py binds it to the trainer's controller,
 checkpoints and wandb logger.
 """
 
@@ -128,7 +128,7 @@ class Watcher:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from :meth:`state_dict`; a state from other detector/policy settings raises a one-line
         OpdwatchError and leaves this watcher unchanged. (States saved before ``last_ok_step`` was part of
-        them have none: the trainer kept it beside them, see trainer/watch.py.)"""
+        them have none: the trainer kept it beside them, see trainer/loop/watch.py.)"""
         with reading("watcher"):
             detector, policy = Detector(self.config.detector), InterventionPolicy(self.config.policy)
             detector.load_state_dict(state["detector"])

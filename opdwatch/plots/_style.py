@@ -134,8 +134,11 @@ def add_episodes(fig: go.Figure, episodes: Mapping[str, Sequence[EpisodeSpan]] |
                  last_steps: Mapping[str, int], *, rows: int, cols: int = 1) -> None:
     """Collapse episodes (:mod:`opdwatch.episodes`) as shaded bands in the run's colour through every
     subplot, below the curves; an ongoing episode runs to the run's last step (``last_steps``). A "collapse"
-    tag above the first subplot carries the run, span and peak on hover."""
+    tag at the bottom left of the band in the first subplot (where a collapsed truncation curve is not:
+    above it are the subplot titles) carries the run, span and peak on hover."""
     xrefs = _column_xrefs(fig, rows, cols)
+    sp = fig.get_subplot(1, 1) if rows * cols > 1 else None
+    yref = f"{sp.yaxis.plotly_name.replace('axis', '')} domain" if sp is not None else "paper"
     shapes, notes = [], []
     for label, spans in (episodes or {}).items():
         color = run_color(labels.index(label)) if label in labels else "#000000"
@@ -147,9 +150,9 @@ def add_episodes(fig: go.Figure, episodes: Mapping[str, Sequence[EpisodeSpan]] |
                                "yref": "paper", "fillcolor": color, "opacity": 0.12, "line": {"width": 0},
                                "layer": "below", "name": f"episode {label}"})
                 if k == 0:
-                    notes.append({"x": (start + stop) / 2, "y": 1.0, "xref": xref, "yref": "paper",
-                                  "showarrow": False, "yanchor": "bottom", "text": "collapse",
-                                  "font": {"size": 10, "color": color},
+                    notes.append({"x": start - 0.5, "y": 0.0, "xref": xref, "yref": yref, "showarrow": False,
+                                  "xanchor": "left", "yanchor": "bottom", "text": "collapse",
+                                  "font": {"size": 10, "color": color}, "bgcolor": "rgba(255,255,255,0.6)",
                                   "hovertext": escape(f"{label}: {text}")})
     if shapes:
         fig.update_layout(shapes=[*fig.layout.shapes, *shapes], annotations=[*fig.layout.annotations, *notes])

@@ -91,3 +91,38 @@ def test_repeated_query_keys_are_refused_in_one_line(app):
         assert layout.id == "tokens-refused"
         assert "step is given 2 times" in str(layout.children[1].children)
         assert page("run").layout(run=["r", "r"]).id == "run-refused"
+
+
+def _text(component) -> str:
+    """All the text of a Dash component tree."""
+    if component is None:
+        return ""
+    if isinstance(component, (str, int, float)):
+        return str(component)
+    if isinstance(component, (list, tuple)):
+        return " ".join(_text(c) for c in component)
+    return _text(getattr(component, "children", None))
+
+
+def test_run_list_and_page_tell_verdict_and_detector_as_one_story(runs_root):
+    """A collapse with partial recovery: the list shows the verdict that names it next to the detector,
+    with a note when the two differ in kind; the run page lists the episode."""
+    from opdwatch.verdict import detector_story, verdict
+    from tests.synthetic_runs import recorded_case
+
+    _, case = recorded_case(runs_root, "partial", 3)
+    app = create_app(runs_root)
+    with app.server.test_request_context():
+        runs = page("runs")
+        reg = runs.registry()
+        row = runs.run_row(reg, "partial-3")
+        cell, level = _text(row[3]), _text(row[4])
+        assert cell.startswith(case.label) and "inflating" not in cell
+        watched = reg.get("partial-3", tick=False)
+        first_warning, first_alarm = runs.detector_history(watched)
+        story, differ = detector_story(verdict(watched.live.steps("train")), level, first_warning=first_warning,
+                                       first_alarm=first_alarm)
+        assert (story in cell) == differ
+        meta = _text(page("run").meta(watched))
+        assert f"verdict: {case.label}" in meta and "collapse episodes: collapse steps" in meta
+        assert (story in _text(page("run").detector(watched))) == differ

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import TrainConfig, load_config
+from opdwatch.trainer.config import TrainConfig, load_config
 
 TINY = [
     "run.threads=1",

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from opdwatch import aggregates
-from trainer.distributed import (
+from opdwatch.trainer.parallel.distributed import (
     all_reduce_gradients,
     any_rank,
     check_same_parameters,

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from opdwatch.errors import OpdwatchError
-from trainer.cli_entry import train_main
-from trainer.config import config_to_dict, load_config, parse_overrides
+from opdwatch.trainer.cli_entry import train_main
+from opdwatch.trainer.config import config_to_dict, load_config, parse_overrides
 
-PRESETS = Path(__file__).resolve().parents[2] / "trainer" / "configs"
+PRESETS = Path(__file__).resolve().parents[2] / "trainer" / "recipes" / "demo" / "configs"  # the demo presets
 
 
 @pytest.mark.parametrize("name", ["demo_opd", "demo_stable_opd", "slow_onset_opd"])
@@ -205,21 +205,31 @@ def test_nul_in_a_path_field_is_a_one_line_error(tmp_path: Path, field: str) -> 
 
 
 def test_config_imports_no_torch_and_nothing_of_the_trainer_that_could_import_it_back() -> None:
-    # trainer.config once imported trainer.engines (-> components -> demo_teacher -> config) to validate
-    # engine.kind: a circle, and torch for a config check. Loading and validating a config needs neither.
+    # trainer.config once imported trainer.engines (-> components -> demo_teacher -> config) to validate engine.kind:
+    # a circle, and torch for a config check. Loading and validating a config needs neither.
     import subprocess
     import sys
 
-    code = ("import sys, trainer.config as c; c.load_config('demo_opd_watch', ['engine.kind=vllm']); "
-            "print('torch' in sys.modules, sorted(m for m in sys.modules if m.startswith('trainer')))")
+    code = ("import sys, opdwatch.trainer.config as c; c.load_config('demo_opd_watch', ['engine.kind=vllm']); "
+            "print('torch' in sys.modules, sorted(m for m in sys.modules if m.startswith(('trainer', "
+            "'opdwatch.trainer'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False ['trainer', 'trainer.config']"
+    assert out.strip() == "False ['opdwatch.trainer', 'opdwatch.trainer.config']"
+
+
+def test_presets_are_found_by_name_in_both_folders() -> None:
+    from opdwatch.trainer.config import DEMO_PRESETS_DIR, PRESETS_DIR, resolve_preset
+
+    assert resolve_preset("demo_opd") == DEMO_PRESETS_DIR / "demo_opd.yaml"  # the demo recipe's
+    assert resolve_preset("gpu_qwen1p5b_r1distill7b.yaml") == PRESETS_DIR / "gpu_qwen1p5b_r1distill7b.yaml"
+    with pytest.raises(OpdwatchError, match=r"presets: .*demo_opd.*gpu_qwen1p5b_r1distill7b"):
+        resolve_preset("no_such_preset")
 
 
 def test_the_names_config_validates_against_are_the_registries_keys() -> None:
-    from trainer.config import ENGINE_KINDS, ESTIMATOR_NAMES
-    from trainer.engines import ENGINES
-    from trainer.variants import ESTIMATORS
+    from opdwatch.trainer.config import ENGINE_KINDS, ESTIMATOR_NAMES
+    from opdwatch.trainer.objectives.variants import ESTIMATORS
+    from opdwatch.trainer.rollout.engines import ENGINES
 
     assert set(ENGINE_KINDS) == set(ENGINES) and set(ESTIMATOR_NAMES) == set(ESTIMATORS)
 
@@ -254,7 +264,7 @@ def test_each_section_validates_itself_and_errors_name_the_dotted_key(override: 
 
 
 def test_one_override_path_and_yaml_12_booleans() -> None:
-    from trainer.config import with_overrides
+    from opdwatch.trainer.config import with_overrides
 
     base = load_config(None)
     assert with_overrides(base, ["opd.lr=1e-3", "watch.policy.cooldown_steps=3"]) == load_config(
@@ -266,7 +276,7 @@ def test_one_override_path_and_yaml_12_booleans() -> None:
 
 
 def test_a_section_given_in_part_keeps_the_parents_default_for_the_rest() -> None:
-    from trainer.config import TrainConfig
+    from opdwatch.trainer.config import TrainConfig
 
     defaults = TrainConfig()
     config = load_config(None, ["demo.teacher.copy_steps=7", "recorder.ngram_n=4"])

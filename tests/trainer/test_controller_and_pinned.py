@@ -6,8 +6,8 @@ import polars as pl
 import pytest
 
 from opdwatch import open_run
-from trainer.controller import Controller
-from trainer.loop import train
+from opdwatch.trainer.loop.controller import Controller
+from opdwatch.trainer.loop.loop import train
 
 
 def _load(x) -> pl.DataFrame:

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from opdwatch.errors import OpdwatchError
-from trainer.data import load_examples, prompt_ids, solution_ids, synthetic_splits
-from trainer.engine import SamplingParams
-from trainer.hf_engine import HFEngine
-from trainer.models import tiny_llama
-from trainer.scoring import build_sequences, response_logits, token_logp
-from trainer.tokenizer import build_char_tokenizer
-from trainer.validation import is_correct
+from opdwatch.trainer.data.task import load_examples, prompt_ids, solution_ids, synthetic_splits
+from opdwatch.trainer.loop.validation import is_correct
+from opdwatch.trainer.objectives.scoring import build_sequences, response_logits, token_logp
+from opdwatch.trainer.recipes.demo.tiny_llama import tiny_llama
+from opdwatch.trainer.recipes.demo.tokenizer import build_char_tokenizer
+from opdwatch.trainer.rollout.engine import SamplingParams
+from opdwatch.trainer.rollout.hf_engine import HFEngine
 
 
 def test_synthetic_splits_are_deterministic_and_correct() -> None:

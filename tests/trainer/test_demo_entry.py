@@ -7,8 +7,8 @@ import io
 from rich.console import Console
 
 from opdwatch import open_run
-from trainer.cli_entry import demo_main
-from trainer.demo import run_demo
+from opdwatch.trainer.cli_entry import demo_main
+from opdwatch.trainer.recipes.demo.demo import run_demo
 
 from .conftest import TINY
 

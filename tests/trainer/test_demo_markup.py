@@ -7,7 +7,7 @@ import re
 
 from rich.console import Console
 
-from trainer.demo import run_demo
+from opdwatch.trainer.recipes.demo.demo import run_demo
 
 from .conftest import TINY
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-import trainer.demo_teacher as demo_teacher
+import opdwatch.trainer.recipes.demo.demo_teacher as demo_teacher
 
 
 def test_build_runs_on_build_threads_and_restores_the_callers(tmp_path, tiny_config, monkeypatch) -> None:

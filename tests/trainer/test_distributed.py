@@ -17,10 +17,10 @@ import yaml
 
 import opdwatch
 from opdwatch.errors import OpdwatchError
+from opdwatch.trainer.config import load_config, parse_overrides
+from opdwatch.trainer.loop.checkpoint import list_checkpoints
+from opdwatch.trainer.parallel.distributed import DistEnv, global_mean_scale, local_minibatches, shard, shard_bounds
 from tests.trainer.conftest import TINY
-from trainer.checkpoint import list_checkpoints
-from trainer.config import load_config, parse_overrides
-from trainer.distributed import DistEnv, global_mean_scale, local_minibatches, shard, shard_bounds
 
 HERE = Path(__file__).parent
 
@@ -84,7 +84,7 @@ def _tiny_yaml(path: Path, model_cache: Path) -> Path:
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> tuple[Path, Path]:
     """(config file, run dir) of the one-process reference run the torchrun runs are compared with."""
-    from trainer.loop import train
+    from opdwatch.trainer.loop.loop import train
 
     root = tmp_path_factory.mktemp("dist")
     config_path = _tiny_yaml(root / "tiny.yaml", model_cache)

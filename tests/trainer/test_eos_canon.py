@@ -8,7 +8,7 @@ from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from opdwatch.errors import OpdwatchError
-from trainer.eos_canon import (
+from opdwatch.trainer.data.eos_canon import (
     check_vocabularies,
     merge_stop_columns,
     parse_pairs,

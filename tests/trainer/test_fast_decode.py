@@ -1,4 +1,4 @@
-"""trainer.fast_decode: same logits as the transformers forward, same rollouts as HFEngine's generic loop."""
+"""rollout.fast_decode: same logits as the transformers forward, same rollouts as HFEngine's generic loop."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from trainer.engine import SamplingParams
-from trainer.fast_decode import FastDecoder, unsupported_reason
-from trainer.hf_engine import HFEngine, left_pad
+from opdwatch.trainer.rollout.engine import RowIndex, SamplingParams
+from opdwatch.trainer.rollout.fast_decode import FastDecoder, unsupported_reason
+from opdwatch.trainer.rollout.hf_engine import HFEngine, left_pad
 
 VOCAB, PAD, EOS = 37, 0, 1
 PROMPTS = [[3, 4, 5], [7, 8, 9, 10, 11, 12, 2], [5], [9, 9, 9, 9], [6, 7]]  # left padding of 0..6 columns
@@ -90,6 +90,24 @@ def test_counter_rng_rollouts_equal_the_generic_loop() -> None:
     )
     assert torch.equal(fast.tokens_BT, generic.tokens_BT)
     torch.testing.assert_close(fast.logp_BT, generic.logp_BT, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_counter_rng_rollouts_follow_their_global_row_number(fast: bool) -> None:
+    # generate's `rows` argument places a call's rows in the global batch: a rank that samples global rows 3 and 0
+    # of 5 gets the rollouts one process gets for them (same seed: same per-call base of the uniforms)
+    model = tiny("llama")
+    params = SamplingParams(temperature=1.0, max_new_tokens=16)
+
+    def engine() -> HFEngine:
+        return HFEngine(model, eos_id=EOS, pad_id=PAD, generator=torch.Generator().manual_seed(3), counter_rng=True,
+                        fast=fast)
+
+    whole = engine().generate(PROMPTS, params).token_lists()
+    part = engine().generate([PROMPTS[3], PROMPTS[0]], params, rows=RowIndex((3, 0), len(PROMPTS)))
+    assert part.token_lists() == [whole[3], whole[0]]
+    with pytest.raises(ValueError, match="2 row numbers for 1 prompts"):
+        engine().generate([PROMPTS[0]], params, rows=RowIndex((3, 0), len(PROMPTS)))
 
 
 def test_weight_updates_are_seen_by_the_next_batch() -> None:

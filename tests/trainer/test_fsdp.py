@@ -1,4 +1,4 @@
-"""trainer.fsdp pieces that run in one process: full state dicts keyed by name, the rollout copy, refusals.
+"""parallel.fsdp pieces that run in one process: full state dicts keyed by name, the rollout copy, refusals.
 
 The sharded path itself (2 gloo ranks under torchrun) is tested in test_distributed.py.
 """
@@ -12,8 +12,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from opdwatch.errors import OpdwatchError
-from trainer.distributed import DistEnv
-from trainer.fsdp import (
+from opdwatch.trainer.parallel.distributed import DistEnv
+from opdwatch.trainer.parallel.fsdp import (
     RolloutCopy,
     decoder_layers,
     full_model_state,

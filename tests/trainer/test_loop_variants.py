@@ -11,10 +11,10 @@ import pytest
 
 import opdwatch
 from opdwatch.errors import OpdwatchError
-from trainer.components import model_path
-from trainer.config import load_config
-from trainer.loop import train
-from trainer.models import load_causal_lm, load_tokenizer
+from opdwatch.trainer.config import load_config
+from opdwatch.trainer.data.models import load_causal_lm, load_tokenizer
+from opdwatch.trainer.loop.components import model_path
+from opdwatch.trainer.loop.loop import train
 
 CONFIGS = Path(__file__).parents[2] / "trainer" / "configs"
 
@@ -40,7 +40,7 @@ def test_chunked_scoring_and_micro_batches_give_the_same_run(tiny_config) -> Non
     """score_chunk_rows / micro_rows only bound memory: records and final weights match the unchunked run."""
     import torch
 
-    from trainer.checkpoint import list_checkpoints
+    from opdwatch.trainer.loop.checkpoint import list_checkpoints
 
     base = ("opd.steps=2", "val.every=0", "checkpoint.every=0")
     whole = train(tiny_config(*base, "run.name=whole"))

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from trainer.objective import (
+from opdwatch.trainer.objectives.objective import (
     clipped_surrogate_loss,
     full_vocab_kl,
     masked_mean,

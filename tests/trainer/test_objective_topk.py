@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from opdwatch.errors import OpdwatchError
-from trainer.objective_topk import (
+from opdwatch.trainer.objectives.objective_topk import (
     TeacherTopK,
     support_coverage,
     teacher_topk,

@@ -1,11 +1,11 @@
-"""trainer.offsets: token end offsets into the decoded text, or None when they would be wrong."""
+"""opdwatch.trainer.data.offsets: token end offsets into the decoded text, or None when they would be wrong."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from trainer.offsets import char_ends
-from trainer.tokenizer import build_char_tokenizer
+from opdwatch.trainer.data.offsets import char_ends
+from opdwatch.trainer.recipes.demo.tokenizer import build_char_tokenizer
 
 
 def test_char_tokenizer_offsets_split_the_text_exactly():

@@ -6,12 +6,13 @@ import polars as pl
 import pytest
 import torch
 
-import trainer.loop as loop
+import opdwatch.trainer.loop.loop as loop
+import opdwatch.trainer.loop.step as step
 from opdwatch import open_run
 from opdwatch.errors import OpdwatchError
-from trainer.checkpoint import list_checkpoints
-from trainer.components import model_path
-from trainer.models import load_causal_lm
+from opdwatch.trainer.data.models import load_causal_lm
+from opdwatch.trainer.loop.checkpoint import list_checkpoints
+from opdwatch.trainer.loop.components import model_path
 
 
 def _train_rows(run_dir) -> pl.DataFrame:
@@ -96,7 +97,7 @@ def test_resumed_watch_continues_the_detector_and_policy_of_the_interrupted_run(
 
 def test_nonfinite_logp_skips_update(tiny_config, monkeypatch) -> None:
     config = tiny_config("opd.steps=2", "checkpoint.every=1", "checkpoint.keep=5", "run.name=nan")
-    real_score = loop.score
+    real_score = step.score_sequences
     calls = []
 
     def poisoned_score(*args, **kwargs):
@@ -107,7 +108,7 @@ def test_nonfinite_logp_skips_update(tiny_config, monkeypatch) -> None:
             scores.advantage_BT[:, 0] = float("nan")
         return scores
 
-    monkeypatch.setattr(loop, "score", poisoned_score)
+    monkeypatch.setattr(step, "score_sequences", poisoned_score)
     run_dir = loop.train(config)
     initial = load_causal_lm(model_path(config, "student"), trainable=False).state_dict()
     step1, step2 = (

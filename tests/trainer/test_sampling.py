@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opdwatch.errors import OpdwatchError
-from trainer.sampling import greedy_next, nucleus_mask, sample_from_uniform, sample_next, sampling_logp
+from opdwatch.trainer.rollout.sampling import greedy_next, nucleus_mask, sample_from_uniform, sample_next, sampling_logp
 
 
 def brute_nucleus(logits: list[float], temperature: float, top_p: float) -> set[int]:

@@ -10,9 +10,9 @@ from transformers import PreTrainedTokenizerFast
 
 import opdwatch
 from opdwatch.recorder import Recorder, RecorderSettings
-from trainer.objective import clipped_surrogate_loss, full_vocab_kl
-from trainer.objective_topk import teacher_topk, topk_reverse_kl_loss
-from trainer.special_tokens import mask_special_tokens, special_mask, special_token_ids
+from opdwatch.trainer.data.special_tokens import mask_special_tokens, special_mask, special_token_ids
+from opdwatch.trainer.objectives.objective import clipped_surrogate_loss, full_vocab_kl
+from opdwatch.trainer.objectives.objective_topk import teacher_topk, topk_reverse_kl_loss
 
 
 @pytest.fixture(scope="module")

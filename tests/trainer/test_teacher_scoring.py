@@ -6,9 +6,9 @@ import torch
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from trainer.eos_canon import resolve_mapping
-from trainer.scoring import build_sequences, response_logits, token_logp
-from trainer.teacher_scoring import score_teacher
+from opdwatch.trainer.data.eos_canon import resolve_mapping
+from opdwatch.trainer.objectives.scoring import build_sequences, response_logits, token_logp
+from opdwatch.trainer.objectives.teacher_scoring import score_teacher
 
 
 def make_tokenizer(specials: dict[str, int], eos: str, added: list[str] = ()) -> PreTrainedTokenizerFast:

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from opdwatch import open_run
-from trainer.loop import train
+from opdwatch.trainer.loop.loop import train
 
 REQUIRED = [
     "time/rollout",

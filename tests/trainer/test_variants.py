@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.objective import clipped_surrogate_loss
-from trainer.objective_topk import teacher_topk, topk_reverse_kl_loss
-from trainer.variants import ESTIMATORS, OPDInputs
+from opdwatch.trainer.objectives.objective import clipped_surrogate_loss
+from opdwatch.trainer.objectives.objective_topk import teacher_topk, topk_reverse_kl_loss
+from opdwatch.trainer.objectives.variants import ESTIMATORS, OPDInputs
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from opdwatch.errors import OpdwatchError
-from trainer.engine import SamplingParams
-from trainer.vllm_engine import (
+from opdwatch.trainer.rollout.engine import RowIndex, SamplingParams
+from opdwatch.trainer.rollout.vllm_engine import (
     VLLMEngine,
     launch_kwargs,
     parameter_version,
@@ -148,10 +148,9 @@ def test_generate_sends_token_prompts_and_per_row_seeds() -> None:
     assert kwargs == {"use_tqdm": False}
     assert batch.finish_reasons == ["eos", "length"]
     assert llm.rpc_calls == []  # no student attached: nothing to sync
-    # data parallel: this rank holds global rows 5 and 2 of the step; the seeds follow them, for one call only
+    # data parallel: this rank holds global rows 5 and 2 of the step; the seeds follow them, for that call only
     llm.replies = [[completion([1], [-0.1], "stop")] * 2, [completion([1], [-0.1], "stop")] * 2]
-    engine.rows = ([5, 2], 8)
-    engine.generate([[3], [4]], SamplingParams())
+    engine.generate([[3], [4]], SamplingParams(), rows=RowIndex((5, 2), 8))
     assert [p.kwargs["seed"] for p in llm.generate_calls[1][1]] == [10 + 1_000_003 + 5, 10 + 1_000_003 + 2]
     engine.generate([[3], [4]], SamplingParams())
     assert [p.kwargs["seed"] for p in llm.generate_calls[2][1]] == [10 + 2 * 1_000_003, 10 + 2 * 1_000_003 + 1]
@@ -201,8 +200,8 @@ def test_real_vllm_generates_and_syncs_weights(tmp_path) -> None:
         pytest.skip("vLLM needs a CUDA GPU")
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from trainer.sampling import sampling_logp
-    from trainer.tokenizer import build_char_tokenizer
+    from opdwatch.trainer.recipes.demo.tokenizer import build_char_tokenizer
+    from opdwatch.trainer.rollout.sampling import sampling_logp
 
     tok = build_char_tokenizer()
     torch.manual_seed(0)

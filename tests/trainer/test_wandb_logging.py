@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import load_config
-from trainer.loop import train
+from opdwatch.trainer.config import load_config
+from opdwatch.trainer.loop.loop import train
 
 
 def _wandb_blob(root: Path, needles: list[bytes], timeout: float = 20.0) -> bytes:

@@ -8,11 +8,11 @@ from opdwatch.detector.settings import DetectorSettings, PolicySettings, WatchCo
 from opdwatch.detector.simulate import TraceSpec, simulate
 from opdwatch.reader import open_run
 from opdwatch.recorder import Recorder
-from trainer.checkpoint import save_checkpoint
-from trainer.config import load_config
-from trainer.controller import Controller, record_events
-from trainer.loop import train
-from trainer.watch import TrainerWatch, restore_healthy
+from opdwatch.trainer.config import load_config
+from opdwatch.trainer.loop.checkpoint import save_checkpoint
+from opdwatch.trainer.loop.controller import Controller, record_events
+from opdwatch.trainer.loop.loop import train
+from opdwatch.trainer.loop.watch import TrainerWatch, restore_healthy
 
 ROWS = simulate(TraceSpec(steps=60, onset=35, width=1.0, seed=11))
 
@@ -204,6 +204,6 @@ def test_watch_config_errors_are_one_line(tmp_path):
 def test_demo_opd_watch_preset_loads():
     from pathlib import Path
 
-    config = load_config(Path(__file__).parents[2] / "trainer" / "configs" / "demo_opd_watch.yaml")
+    config = load_config(Path(__file__).parents[2] / "trainer" / "recipes" / "demo" / "configs" / "demo_opd_watch.yaml")
     assert config.watch.mode == "act" and config.watch.policy.restore_on_alarm
     assert (config.opd.beta, config.opd.alpha) == (0.0, 0.0)

@@ -1,0 +1,1 @@
+"""Data and models: the task's prompts and solutions, model/tokenizer loading, EOS canonicalisation, special tokens."""

@@ -1,0 +1,1 @@
+"""The training loop: train(), one OPD step in phases, the controller, the watch, validation, checkpoints."""

@@ -1,0 +1,1 @@
+"""Objectives: the OPD estimators (sampled token, top-K), sequence and teacher scoring, the golden SFT term."""

@@ -1,0 +1,1 @@
+"""Parallelism: torchrun data parallel (process group, sharding, reductions) and FSDP2 sharding of the student."""

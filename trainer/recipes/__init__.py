@@ -1,0 +1,1 @@
+"""Recipes: runs that bring their own models and presets (the CPU demo); real runs never import them."""

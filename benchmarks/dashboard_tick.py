@@ -114,7 +114,7 @@ def main() -> None:
 
     from flask import Flask  # a request context for the page callback (dash brings flask)
 
-    from dashboards.app import create_app
+    from opdwatch.dashboards.app import create_app
     app = create_app(run_dir.parent, refresh_ms=2000)
     page = sys.modules["pages.run"]  # the run page module as Dash loaded it
     name = run_dir.name

@@ -18,10 +18,10 @@ from pathlib import Path
 import dash
 from dash import dcc, html
 
-from dashboards.components import REFRESH_MS
-from dashboards.hosts import allowed_hosts as host_allow_list
-from dashboards.security import install_security
-from dashboards.state import install
+from opdwatch.dashboards.components import REFRESH_MS
+from opdwatch.dashboards.hosts import allowed_hosts as host_allow_list
+from opdwatch.dashboards.security import install_security
+from opdwatch.dashboards.state import install
 from opdwatch.web_paths import check_runs_root
 
 HERE = Path(__file__).resolve().parent

@@ -90,7 +90,7 @@ def short_error(exc: BaseException) -> str:
     return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "\u2026"
 
 
-def detector_history(watched: Any) -> tuple[int | None, int | None]:  # noqa: ANN401 - dashboards.state.Watched
+def detector_history(watched: Any) -> tuple[int | None, int | None]:  # noqa: ANN401 - opdwatch.dashboards.state.Watched
     """First warning and first alarm of the dashboard's detector on a watched run: the run list and run
     page tell when it fired beside the verdict (:func:`opdwatch.verdict.detector_story`)."""
     return watched.first_warning, watched.first_alarm

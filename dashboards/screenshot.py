@@ -1,6 +1,6 @@
 """Save a PNG of each dashboard page for the runs under a directory (for the README and docs).
 
-    python -m dashboards.screenshot RUNS_ROOT OUT_DIR [--run NAME] [--width 1400]
+    python -m opdwatch.dashboards.screenshot RUNS_ROOT OUT_DIR [--run NAME] [--width 1400]
 
 Serves the app on a free localhost port in this process, opens each page in headless Chromium (Debian's
 chromium + chromedriver, through selenium from dash[testing]), waits until its figures have drawn, and
@@ -18,8 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from dashboards.app import create_app
-from dashboards.components import href, run_href, tokens_href
+from opdwatch.dashboards.app import create_app
+from opdwatch.dashboards.components import href, run_href, tokens_href
 from opdwatch.errors import OpdwatchError
 from opdwatch.web_paths import check_runs_root, list_runs
 

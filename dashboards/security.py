@@ -17,7 +17,7 @@ from collections.abc import Collection
 import dash
 from flask import Response, request
 
-from dashboards.hosts import host_name
+from opdwatch.dashboards.hosts import host_name
 
 HEADERS = {
     "X-Frame-Options": "DENY",                  # no clickjacking through a frame (older browsers)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,12 @@ from opdwatch.format import ROLLOUT_SCHEMA, STEP_KEY_COLUMNS, TOKEN_SCHEMA, pars
 
 class RunReadWarning(UserWarning):
     """A file of the run was skipped (unreadable or torn); the rest of the run is read."""
+
+
+class StepTableWarning(RunReadWarning):
+    """The step table was odd (a step recorded twice, out of order, an unknown truncation rate) and was read
+    with the semantics of :mod:`opdwatch.step_table`; nothing is unreadable, so ``analyze`` does not refuse
+    the run without ``--skip-corrupt`` as it does for a skipped file."""
 
 
 @dataclass(frozen=True)
@@ -53,10 +60,10 @@ STEP_KEYS: dict[str, pl.DataType] = {"step": pl.Int64(), "phase": pl.String(), "
 assert set(STEP_KEYS) == set(STEP_KEY_COLUMNS)
 
 
-def skipped(message: str, *, stacklevel: int = 3) -> None:
+def skipped(message: str, *, stacklevel: int = 3, category: type[RunReadWarning] = RunReadWarning) -> None:
     """Warn that something of the run was skipped: one line naming it and why (the CLI prints it as
     ``opdwatch: warning: ...``)."""
-    warnings.warn(message, RunReadWarning, stacklevel=stacklevel)
+    warnings.warn(message, category, stacklevel=stacklevel)
 
 
 def why(exc: BaseException) -> str:
@@ -180,5 +187,18 @@ def _wrong_types(table: str, schema: pa.Schema) -> tuple[str, ...]:
                  if c in expected and dtype != expected[c] and dtype != pl.Null)
 
 
-__all__ = ["STEP_KEYS", "TABLE_SCHEMAS", "Part", "RunReadWarning", "entries", "part_order", "polars_schema",
-           "read_part", "skipped", "step_dirs", "step_files", "why"]
+# ----------------------------------------------------------------------------------------- scanning
+def scan_files(paths: Iterable[str | os.PathLike[str]], schema: pl.Schema | dict[str, Any], *,
+               file_column: str | None = None) -> pl.LazyFrame:
+    """A lazy scan of exactly these Parquet files in ``schema`` (missing columns null, extra ones
+    dropped; ``file_column`` adds each row's file path). Every reader scans through here: ``glob=False``
+    and absolute paths, because polars reads a path as a glob pattern (``run[12]`` would read ``run1``),
+    expands a leading ``~`` and takes a relative ``file:...`` for a URL, and run directories may be named
+    anything."""
+    return pl.scan_parquet([os.path.abspath(p) for p in paths], schema=schema, glob=False,
+                           hive_partitioning=False, missing_columns="insert", extra_columns="ignore",
+                           include_file_paths=file_column)
+
+
+__all__ = ["STEP_KEYS", "TABLE_SCHEMAS", "Part", "RunReadWarning", "StepTableWarning", "entries", "part_order",
+           "polars_schema", "read_part", "scan_files", "skipped", "step_dirs", "step_files", "why"]

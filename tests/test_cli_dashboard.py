@@ -30,10 +30,10 @@ def test_bad_port_is_a_one_line_error(tmp_path, capsys):
 ])
 def test_serve_gets_localhost_and_no_debug_by_default(tmp_path, monkeypatch, capsys, argv, expected):
     pytest.importorskip("dash")
-    import dashboards.app
+    import opdwatch.dashboards.app
 
     calls = []
-    monkeypatch.setattr(dashboards.app, "serve",
+    monkeypatch.setattr(opdwatch.dashboards.app, "serve",
                         lambda root, host, port, debug, allow_hosts: calls.append((root, host, port, debug)))
     assert main(["dashboard", str(tmp_path), *argv]) == 0
     assert calls == [(tmp_path.resolve(), *expected)]
@@ -41,10 +41,10 @@ def test_serve_gets_localhost_and_no_debug_by_default(tmp_path, monkeypatch, cap
 
 
 def fake_serve(monkeypatch) -> list:  # noqa: ANN001
-    import dashboards.app
+    import opdwatch.dashboards.app
 
     calls: list = []
-    monkeypatch.setattr(dashboards.app, "serve", lambda root, **kw: calls.append(kw))
+    monkeypatch.setattr(opdwatch.dashboards.app, "serve", lambda root, **kw: calls.append(kw))
     return calls
 
 
@@ -104,7 +104,7 @@ def test_served_app_answers_the_allowed_hosts_only(tmp_path, monkeypatch):
 
 
 def test_importing_opdwatch_and_the_cli_does_not_import_dash():
-    code = ("import sys, opdwatch, opdwatch.cli, opdwatch.live, opdwatch.cli.dashboard, dashboards; "
+    code = ("import sys, opdwatch, opdwatch.cli, opdwatch.live, opdwatch.cli.dashboard, opdwatch.dashboards; "
             "opdwatch.cli.build_parser(); print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('dash', 'flask', 'torch')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -113,7 +113,7 @@ def test_importing_opdwatch_and_the_cli_does_not_import_dash():
 
 def test_create_app_reads_no_run_at_start(tmp_path):
     pytest.importorskip("dash")
-    from dashboards.app import create_app
+    from opdwatch.dashboards.app import create_app
 
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "manifest.json").write_text("{not json")  # would raise if anything read it

@@ -593,7 +593,7 @@ def served(corpus: Corpus) -> Iterator[Served]:
     """The dashboard over the corpus root (every case next to the good run) on a real loopback socket. The
     run list is asked for once: every case is in it, and each later call would only tick the same runs."""
     pytest.importorskip("dash")
-    from dashboards.app import create_app
+    from opdwatch.dashboards.app import create_app
     from tests.dashboards.served import call, get, serve
 
     app = create_app(corpus.root)

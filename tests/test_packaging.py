@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
 # installed name -> repository folder, e.g. {"opdwatch": "opdwatch", "opdwatch.trainer": "trainer"}
 PACKAGE_DIR: dict[str, str] = SETUPTOOLS["package-dir"]
-RENAMED = {folder for name, folder in PACKAGE_DIR.items() if name != folder}  # {"trainer"}; later "dashboards"
+RENAMED = {folder for name, folder in PACKAGE_DIR.items() if name != folder}  # {"trainer", "dashboards"}
 SOURCE_FOLDERS = ("opdwatch", "trainer", "dashboards")
 
 
@@ -71,9 +71,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_installs_no_top_level_trainer_and_ships_every_source_file(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     tops = {n.split("/")[0] for n in names if ".dist-info/" not in n}
-    assert "trainer" not in tops
-    # dashboards/ is still installed under its own name until it moves under opdwatch. too (pyproject.toml)
-    assert tops == {"opdwatch"} | ({"dashboards"} - RENAMED)
+    assert tops == {"opdwatch"}  # no top-level trainer or dashboards package
+    assert {"trainer", "dashboards"} == RENAMED
     assert "opdwatch/trainer/loop/loop.py" in names
     missing = _shipped_sources() - names  # e.g. a new sub-package not added to pyproject's `packages` list
     assert not missing, sorted(missing)
@@ -104,6 +103,10 @@ assert "torch" not in sys.modules
 
 import opdwatch.trainer.cli_entry, opdwatch.trainer.loop.loop  # the whole trainer imports from the wheel
 assert "opdwatch.trainer.recipes.demo.demo" not in sys.modules  # and the demo recipe only when it is used
+
+import opdwatch.dashboards.app as app  # the dashboard too, with its pages and assets from the wheel
+assert Path(app.__file__).resolve() == site / "opdwatch" / "dashboards" / "app.py"
+assert (app.PAGES / "runs.py").is_file() and (app.HERE / "assets" / "opdwatch.css").is_file()
 print("ok")
 '''
 

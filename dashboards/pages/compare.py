@@ -15,8 +15,8 @@ from dash import Input, Output, State, callback, dcc, html
 from dash.exceptions import PreventUpdate
 from flask import current_app
 
-from dashboards.components import graph, run_href, short_error
-from dashboards.state import registry
+from opdwatch.dashboards.components import graph, run_href, short_error
+from opdwatch.dashboards.state import registry
 from opdwatch.errors import OpdwatchError
 from opdwatch.plots import (
     fig_logprobs_length,

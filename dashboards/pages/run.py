@@ -16,7 +16,7 @@ from dash import Input, Output, Patch, State, callback, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 from flask import current_app
 
-from dashboards.components import (
+from opdwatch.dashboards.components import (
     detector_history,
     event_line,
     fmt,
@@ -27,7 +27,7 @@ from dashboards.components import (
     table,
     tokens_href,
 )
-from dashboards.state import ALERT_KINDS, Watched, registry
+from opdwatch.dashboards.state import ALERT_KINDS, Watched, registry
 from opdwatch.episodes import spans
 from opdwatch.errors import OpdwatchError
 from opdwatch.plots import (

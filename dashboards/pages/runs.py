@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import dash
 from dash import Input, Output, callback, dcc, html
 
-from dashboards.components import detector_history, event_line, fmt, href, run_href, short_error, table
-from dashboards.state import Watched, registry
+from opdwatch.dashboards.components import detector_history, event_line, fmt, href, run_href, short_error, table
+from opdwatch.dashboards.state import Watched, registry
 from opdwatch.errors import OpdwatchError
 from opdwatch.summary import STALE_AFTER_S
 

@@ -16,8 +16,8 @@ import polars as pl
 from dash import Input, Output, State, callback, dcc, html
 from dash.exceptions import PreventUpdate
 
-from dashboards.components import fmt, query_value, refused, run_href, table, tokens_href
-from dashboards.state import Watched, registry
+from opdwatch.dashboards.components import fmt, query_value, refused, run_href, table, tokens_href
+from opdwatch.dashboards.state import Watched, registry
 from opdwatch.errors import OpdwatchError
 from opdwatch.live import ROLLOUT_ORDERS
 from opdwatch.plots import fig_token_view

@@ -31,14 +31,14 @@ def handle(args: argparse.Namespace) -> int:
     root = check_runs_root(args.runs_root)  # one-line error before dash is even imported
     if not 0 < args.port < 65536:
         raise OpdwatchError(f"--port must be in 1..65535, got {args.port}")
-    from dashboards.hosts import allowed_hosts, is_loopback  # plain Python: no dash import yet
+    from opdwatch.dashboards.hosts import allowed_hosts, is_loopback  # plain Python: no dash import yet
 
     try:
         allowed_hosts(args.host, args.allow_host)
     except ValueError as exc:
         raise OpdwatchError(f"--host/--allow-host: {exc}") from None
     try:
-        from dashboards.app import serve
+        from opdwatch.dashboards.app import serve
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in ("dash", "flask", "plotly"):
             raise OpdwatchError("the dashboard needs dash: pip install 'opdwatch[dash]'") from None

@@ -1,5 +1,5 @@
 """The dash-free pieces of the web boundary: path confinement (opdwatch.web_paths, LiveRun(root=)) and
-Host-name parsing (dashboards.hosts)."""
+Host-name parsing (opdwatch.dashboards.hosts)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from dashboards.hosts import allowed_hosts, host_name, is_loopback
+from opdwatch.dashboards.hosts import allowed_hosts, host_name, is_loopback
 from opdwatch.errors import OpdwatchError
 from opdwatch.live import LiveRun
 from opdwatch.reader import RunReadWarning

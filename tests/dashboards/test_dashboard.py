@@ -7,7 +7,7 @@ import time
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 
-from dashboards.app import create_app
+from opdwatch.dashboards.app import create_app
 
 REFRESH_MS = 300
 HTML_TEXT = "<script>alert(1)</script><b>x</b>"  # what the synthetic run's first rollout says at one step

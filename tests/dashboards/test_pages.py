@@ -10,7 +10,7 @@ dash = pytest.importorskip("dash")
 
 from dash.exceptions import PreventUpdate  # noqa: E402
 
-from dashboards.app import create_app  # noqa: E402
+from opdwatch.dashboards.app import create_app  # noqa: E402
 from opdwatch.errors import OpdwatchError  # noqa: E402
 
 

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("dash")
 
-from dashboards.app import create_app  # noqa: E402
+from opdwatch.dashboards.app import create_app  # noqa: E402
 from opdwatch.recorder import Recorder  # noqa: E402
 from tests.dashboards.conftest import EOS, SETTINGS  # noqa: E402
 from tests.dashboards.served import call, get, serve  # noqa: E402
@@ -228,16 +228,16 @@ def broken_runs(runs_root, run_writer) -> None:  # noqa: ANN001
 def test_run_list_shows_the_good_runs_next_to_broken_ones(runs_root, run_writer, monkeypatch):
     broken_runs(runs_root, run_writer)
     run_writer(runs_root / "explodes").steps(1)
-    import dashboards.state
+    import opdwatch.dashboards.state
 
-    real = dashboards.state.LiveRun
+    real = opdwatch.dashboards.state.LiveRun
 
     def live_run(path, **kwargs):  # noqa: ANN001, ANN202 - any exception from one run, not only known ones
         if path.name == "explodes":
             raise RuntimeError("boom\nsecond line")
         return real(path, **kwargs)
 
-    monkeypatch.setattr(dashboards.state, "LiveRun", live_run)
+    monkeypatch.setattr(opdwatch.dashboards.state, "LiveRun", live_run)
     app = create_app(runs_root)
     with serve(app) as base:
         get(base, "/")

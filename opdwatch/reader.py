@@ -18,8 +18,6 @@ polars would otherwise expand ``[...]``, ``*``, ``?``, a leading ``~`` and read 
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ from opdwatch.run_files import (
     RunReadWarning,
     part_order,
     read_part,
+    scan_files,
     skipped,
     step_dirs,
     step_files,
@@ -157,18 +156,6 @@ def scan_parts(parts: list[Part], table: str) -> pl.LazyFrame:
     if not parts:
         return pl.LazyFrame(schema=schema)
     return scan_files([p.path for p in parts], schema)
-
-
-def scan_files(paths: Iterable[str | os.PathLike[str]], schema: pl.Schema | dict[str, Any], *,
-               file_column: str | None = None) -> pl.LazyFrame:
-    """A lazy scan of exactly these Parquet files in ``schema`` (missing columns null, extra ones
-    dropped; ``file_column`` adds each row's file path). Every reader scans through here: ``glob=False``
-    and absolute paths, because polars reads a path as a glob pattern (``run[12]`` would read ``run1``),
-    expands a leading ``~`` and takes a relative ``file:...`` for a URL, and run directories may be named
-    anything."""
-    return pl.scan_parquet([os.path.abspath(p) for p in paths], schema=schema, glob=False,
-                           hive_partitioning=False, missing_columns="insert", extra_columns="ignore",
-                           include_file_paths=file_column)
 
 
 # Re-exported: the reader's public names from before they moved to their own modules.

@@ -2,7 +2,11 @@
 prints and what report.html draws).
 
     result = analyze_run(open_run("runs/opd"))
-    result.verdict.label, result.onset.step, result.summary()["latest"]
+    result.verdict.label, result.onset.step, result.facts.steps, result.summary()["latest"]
+
+The step facts (train steps, first and last step, missing steps, steps with an unknown truncation rate, the
+collapse step) come from the run's step table (:mod:`opdwatch.step_table`), as in ``info`` and ``detect``;
+the onset, episodes and verdict from the step series over the steps with a known truncation rate.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from typing import Any
 import polars as pl
 
 from opdwatch.errors import CorruptRunError, OpdwatchError
-from opdwatch.metric_defs import TRUNCATION_RATE, VAL_ACCURACY, VAL_TRUNCATION_RATE
+from opdwatch.metric_defs import VAL_ACCURACY, VAL_TRUNCATION_RATE
 from opdwatch.onset import Onset, find_onset
 from opdwatch.reader import Run, RunReadWarning, open_run
 from opdwatch.run_source import RunSource
 from opdwatch.series import Progress, length_distribution, step_series, token_source_note
+from opdwatch.step_table import StepFacts, facts_of
 from opdwatch.summary import HEADLINE_METRICS
 from opdwatch.verdict import Verdict, verdict
 
@@ -39,10 +44,10 @@ class RunAnalysis:
     events: pl.DataFrame
     onset: Onset
     verdict: Verdict
+    facts: StepFacts           # of the run's step table: what info and detect report too
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready summary: status, steps, onset, verdict with reasons, latest health metrics."""
-        train_steps = self.series.filter(pl.col(TRUNCATION_RATE).is_not_null())
+        """JSON-ready summary: status, step facts, onset, verdict with reasons, latest health metrics."""
         latest: dict[str, Any] = {}
         for column, _ in LATEST:
             if column in self.series.columns:
@@ -53,9 +58,7 @@ class RunAnalysis:
         kinds = self.events.group_by("kind").len().sort("kind").iter_rows() if self.events.height else []
         return {
             "label": self.label, "path": str(self.run.path), "run_id": self.run.run_id, "status": self.run.status,
-            "steps": int(train_steps.height),
-            "first_step": int(self.series["step"].min()) if self.series.height else None,
-            "last_step": int(self.series["step"].max()) if self.series.height else None,
+            **self.facts.as_dict(),  # steps, first/last step, missing_steps, truncation_unknown, collapse_step
             "onset_step": self.onset.step, "onset": self.onset.as_dict(),
             "verdict": self.verdict.label, "reasons": list(self.verdict.reasons),
             **self.verdict.json_fields(),  # verdict_kind, episodes, current, regimes
@@ -70,6 +73,7 @@ def analyze_run(run: RunSource, *, label: str | None = None, progress: Progress 
     try:
         series = step_series(run, progress=progress)
         lengths = length_distribution(run)
+        facts = facts_of(run.steps().collect())
     except (pl.exceptions.PolarsError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CorruptRunError(f"{run.path}: unreadable run data ({type(exc).__name__}: {first[:200]})") from None
@@ -77,7 +81,7 @@ def analyze_run(run: RunSource, *, label: str | None = None, progress: Progress 
         raise OpdwatchError(f"{run.path}: empty run (no steps recorded yet)")
     onset = find_onset(series)
     return RunAnalysis(run=run, label=label or run.run_id, series=series, lengths=lengths, events=run.events(),
-                       onset=onset, verdict=verdict(series, onset))
+                       onset=onset, verdict=verdict(series, onset), facts=facts)
 
 
 def open_checked(path: str | Path, *, skip_corrupt: bool = False) -> Run:

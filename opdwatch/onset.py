@@ -40,6 +40,7 @@ from opdwatch.metric_defs import (
     TRUNCATION_RATE,
     VAL_ACCURACY,
 )
+from opdwatch.text import plural
 
 TRUNCATION = TRUNCATION_RATE
 LENGTH = MEAN_LENGTH
@@ -186,7 +187,7 @@ def _reject(trunc: _Series | None, length: _Series | None, min_level: float, min
                 f"{top.start}-{top.end}) does not mark inflation (< {min_level} or < {min_rise} above the one before)")
     if length is not None:
         text += (f"; mean length {length.regimes[0].level:.3g} -> {length.regimes[-1].level:.3g} "
-                 f"({len(length.regimes)} regimes) is no inflation either")
+                 f"({plural(len(length.regimes), 'regime')}) is no inflation either")
     return Onset(step=None, series=TRUNCATION, before=first.level, after=top.level, evidence=text, regimes=regimes)
 
 

@@ -9,7 +9,9 @@
 A :class:`Run` is a :class:`~opdwatch.run_source.RunSource`. The file list is taken once per
 :meth:`Run.refresh` (:mod:`opdwatch.run_files`: hidden temp files are never listed, a file or directory that
 cannot be used is skipped with a :class:`RunReadWarning` naming it instead of failing the whole read); the
-events log is parsed by :mod:`opdwatch.event_log`. Readers never write or delete anything in the run.
+step table is resolved by :mod:`opdwatch.step_table` (a step recorded twice, out of order, an unknown
+truncation rate: decided there for every reader, warned once per Run); the events log is parsed by
+:mod:`opdwatch.event_log`. Readers never write or delete anything in the run.
 
 Run paths are plain paths, never patterns: a run may live at ``exp[seed]`` or ``runs/lr=1e-4*``, so
 files are listed with ``os.scandir`` and scanned with :func:`scan_files` (``glob=False``, absolute paths:
@@ -18,6 +20,8 @@ polars would otherwise expand ``[...]``, ``*``, ``?``, a leading ``~`` and read 
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +32,18 @@ from opdwatch.event_log import events_files, read_events
 from opdwatch.format import TABLES
 from opdwatch.manifest import read_manifest
 from opdwatch.run_files import (
-    STEP_KEYS,
     TABLE_SCHEMAS,
     Part,
     RunReadWarning,
+    StepTableWarning,
     part_order,
     read_part,
     scan_files,
-    skipped,
     step_dirs,
     step_files,
 )
 from opdwatch.run_source import RunFacts
+from opdwatch.step_table import RolloutFiles, StepFacts, StepTable, StepWarnings, read_table
 
 
 class Run(RunFacts):
@@ -50,6 +54,7 @@ class Run(RunFacts):
         self.manifest: dict[str, Any] = read_run_manifest(self.path)
         self._parts: dict[str, list[Part]] = {}
         self._meta_cache: dict[tuple[str, int, int], Part | None] = {}
+        self._step_warnings = StepWarnings()
         self.refresh()
 
     # ------------------------------------------------------------------------------- listing
@@ -82,9 +87,24 @@ class Run(RunFacts):
 
     # ------------------------------------------------------------------------------- tables
     def steps(self, phase: str | None = None) -> pl.LazyFrame:
-        """Step metrics, one row per (step, phase); metric columns are Float64, missing ones null."""
-        parts = [p for p in self.parts("steps") if phase is None or p.phase == phase]
-        return read_steps(parts).lazy()
+        """Step metrics, one row per (step, phase), sorted by step; metric columns are Float64, missing ones
+        null (the semantics of damaged or odd tables: :mod:`opdwatch.step_table`)."""
+        frame = self.step_table().frame
+        return (frame if phase is None else frame.filter(pl.col("phase") == phase)).lazy()
+
+    def step_table(self) -> StepTable:
+        """The resolved step table, read from the files as they are now (each call reads them again, as
+        :meth:`steps` always did); what is odd about it is warned once per Run."""
+        table = read_table(self.parts("steps"), root=self.path, rollouts=self._train_rollouts)
+        self._step_warnings.warn(self.path, table)
+        return table
+
+    def step_facts(self) -> StepFacts:
+        """Train steps, first/last step, gaps, unknown truncation and the collapse step."""
+        return self.step_table().facts
+
+    def _train_rollouts(self, steps: Collection[int]) -> list[Part]:
+        return [p for p in self.parts("rollouts") if p.phase == "train" and p.step in steps]
 
     def rollouts(self, *, min_step: int | None = None) -> pl.LazyFrame:
         return scan_parts(self.parts("rollouts", min_step=min_step), "rollouts")
@@ -116,37 +136,16 @@ def read_run_manifest(path: Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------- tables
-def read_steps(parts: list[Part]) -> pl.DataFrame:
-    """Concatenate step-metric files whose metric columns differ (a metric added mid-run is null before);
-    one row per (step, phase), see :func:`_one_row_per_step`."""
-    if not parts:
-        return pl.DataFrame(schema=STEP_KEYS)
-    columns: dict[str, None] = {}
-    for p in parts:
-        columns.update(dict.fromkeys(p.columns))
-    # a metric column that happens to be named like the file-path column is left out, not a clash
-    schema = dict(STEP_KEYS) | {c: pl.Float64() for c in columns if c not in STEP_KEYS and c != _FILE}
-    # maintain_order: rows of one (step, phase) stay in file order, so "the last file" is well defined
-    frame = scan_files([p.path for p in parts], schema, file_column=_FILE).collect()
-    return _one_row_per_step(frame.sort(["step", "phase"], maintain_order=True)).drop(_FILE)
-
-
-_FILE = "__file__"  # the file each step row came from, to name the files of a step recorded twice
-
-
-def _one_row_per_step(frame: pl.DataFrame) -> pl.DataFrame:
-    """``frame`` with one row per (step, phase): the last file's row where several files hold one (a step
-    recorded twice, a file copied into another step's partition, two ranks logging metrics), warned about
-    once. Consumers rely on it: the detector refuses a step it has seen, a figure would draw it twice."""
-    dup = frame.filter(pl.struct("step", "phase").is_duplicated())
-    if dup.height == 0:
-        return frame
-    groups = dup.group_by("step", "phase", maintain_order=True).agg(pl.col(_FILE))
-    step, phase, files = groups.row(0)
-    more = f" (and {groups.height - 1} more steps)" if groups.height > 1 else ""
-    skipped(f"{files[-1]}: step {step} ({phase}) is also recorded in {', '.join(files[:-1])}; only the row of "
-            f"this file is read{more}")
-    return frame.unique(["step", "phase"], keep="last", maintain_order=True)
+def read_steps(parts: list[Part], *, root: str | Path | None = None,
+               rollouts: RolloutFiles | None = None) -> pl.DataFrame:
+    """The step table of these step-metric files (:func:`opdwatch.step_table.read_table`), warning about
+    what is odd in it on every call (a reader that reads its table more than once, like :class:`Run`,
+    warns once through :class:`~opdwatch.step_table.StepWarnings`)."""
+    table = read_table(parts, root=root, rollouts=rollouts)
+    text = table.describe()
+    if text is not None:
+        warnings.warn(f"{root}: {text}" if root is not None else text, StepTableWarning, stacklevel=2)
+    return table.frame
 
 
 def scan_parts(parts: list[Part], table: str) -> pl.LazyFrame:
@@ -159,5 +158,5 @@ def scan_parts(parts: list[Part], table: str) -> pl.LazyFrame:
 
 
 # Re-exported: the reader's public names from before they moved to their own modules.
-__all__ = ["Part", "Run", "RunReadWarning", "events_files", "open_run", "read_events", "read_part",
-           "read_run_manifest", "read_steps", "scan_files", "scan_parts", "step_dirs", "step_files"]
+__all__ = ["Part", "Run", "RunReadWarning", "StepTableWarning", "events_files", "open_run", "read_events",
+           "read_part", "read_run_manifest", "read_steps", "scan_files", "scan_parts", "step_dirs", "step_files"]

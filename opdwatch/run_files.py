@@ -8,7 +8,7 @@ Both readers (:class:`opdwatch.reader.Run`, :class:`opdwatch.live.LiveRun`) list
 one of them skips is skipped by the other the same way. Hidden temp files are never listed; a directory or
 file that cannot be read, or a file with a column of the wrong type, is skipped with one
 :class:`RunReadWarning` naming it. Listing uses ``os.scandir`` (never a glob: run paths may hold ``[``,
-``*``, ``?``).
+``*``, ``?``), and every table file is scanned through :func:`scan_files` for the same reason.
 """
 
 from __future__ import annotations

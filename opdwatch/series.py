@@ -35,6 +35,7 @@ from opdwatch.format import ROLLOUT_SCHEMA, TOKEN_SCHEMA
 from opdwatch.reader import scan_files
 from opdwatch.run_files import Part
 from opdwatch.run_source import RunSource
+from opdwatch.text import plural
 
 # Columns computed here from the token table (train phase) and the rollout table (both phases), in display
 # order: the metric table's keys.
@@ -124,7 +125,7 @@ def token_source_note(frame: pl.DataFrame) -> str:
               "thinned or missing)", "tokens_partial": "partial token rows (estimate)", None: "no token data"}
     for key in ("tokens", "step_metrics", "tokens_partial", None):
         if counts.get(key):
-            parts.append(f"{counts[key]} steps {labels[key]}")
+            parts.append(f"{plural(counts[key], 'step')} {labels[key]}")
     return "token series: " + "; ".join(parts)
 
 

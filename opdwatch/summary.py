@@ -1,4 +1,9 @@
-"""A run's headline facts: status, steps, and the last step's health metrics."""
+"""A run's headline facts: status, steps, and the last step's health metrics.
+
+The step facts (train steps, first and last step, missing steps, steps with an unknown truncation rate,
+the collapse step) are :class:`opdwatch.step_table.StepFacts`, the fields ``analyze --json`` and
+``detect --json`` print too.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from opdwatch.metric_defs import (
     TRUNCATION_RATE,
 )
 from opdwatch.run_source import RunSource
+from opdwatch.step_table import facts_of
 
 # The health metrics a person looks at first, in display order, with their labels.
 HEADLINE_METRICS = (
@@ -37,9 +43,10 @@ STALE_AFTER_S = 600.0
 
 
 def run_summary(run: RunSource) -> dict[str, Any]:
-    """JSON-ready summary of a run: status (``stale`` when a running run stopped writing), steps, last
-    train and val metrics."""
+    """JSON-ready summary of a run: status (``stale`` when a running run stopped writing), step facts,
+    last train and val metrics."""
     steps = run.steps().collect()
+    facts = facts_of(steps)
     status = run.status
     heartbeat = run.manifest.get("heartbeat")
     if status == "running" and isinstance(heartbeat, (int, float)) and time.time() - heartbeat > STALE_AFTER_S:
@@ -47,14 +54,14 @@ def run_summary(run: RunSource) -> dict[str, Any]:
     out: dict[str, Any] = {
         "path": str(run.path), "run_id": run.run_id, "status": status,
         "created_at": run.manifest.get("created_at"), "updated_at": run.manifest.get("updated_at"),
-        "steps": int(steps.filter(pl.col("phase") == "train").height),
-        "last_step": None, "last_train": {}, "last_val": {},
+        **facts.as_dict(), "last_train": {}, "last_val": {},
     }
     for phase in ("train", "val"):
         rows = steps.filter(pl.col("phase") == phase)
         if rows.height:
             last = rows.row(-1, named=True)
-            out["last_step" if phase == "train" else "last_val_step"] = int(last["step"])
+            if phase == "val":
+                out["last_val_step"] = int(last["step"])
             out[f"last_{phase}"] = {k: _clean(v) for k, v in last.items() if "/" in k}
     return out
 

@@ -18,7 +18,12 @@ inflating                   no episode; truncation raised but recent or still ri
                             ``min_rise`` on the first regime, or mean length inflated
 degraded, recovered         no episode; a raised regime (the onset) in the past, back to quiet now
 healthy                     none of these
+no truncation data          no train step has a known truncation rate (NaN or missing in every row,
+                            and no rollouts to compute it from): nothing to judge, not "healthy"
 ==========================  ===================================================================
+
+Steps whose truncation rate is unknown are left out (regimes, episodes and the current level are computed
+over the known steps; :mod:`opdwatch.step_table` decides which are unknown, and the reader warns about them).
 
 The paper labels runs by their final accuracy and truncation; we keep the history because a collapse
 that partly recovers is still a collapse (and the last few steps alone called the demo "inflating").
@@ -44,11 +49,14 @@ from opdwatch.metric_defs import (
     VAL_TRUNCATION_RATE,
 )
 from opdwatch.onset import LENGTH, Onset, find_onset, truncation_regimes
+from opdwatch.text import plural
 
 HEALTHY, INFLATING, DEGRADED, COLLAPSED = "healthy", "inflating", "degraded", "collapsed"
 RECOVERING, RECOVERED = f"{COLLAPSED}, recovering", f"{COLLAPSED}, recovered"
 DEGRADED_RECOVERED = f"{DEGRADED}, recovered"
-LABELS = (HEALTHY, INFLATING, DEGRADED, DEGRADED_RECOVERED, COLLAPSED, RECOVERING, RECOVERED)
+NO_TRUNCATION = "no truncation data"
+LABELS = (HEALTHY, INFLATING, DEGRADED, DEGRADED_RECOVERED, COLLAPSED, RECOVERING, RECOVERED, NO_TRUNCATION)
+UNKNOWN = "unknown"  # the kind of NO_TRUNCATION (a CSS class: one word)
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,7 @@ class Verdict:
     @property
     def kind(self) -> str:
         """healthy | inflating | degraded | collapsed: the worst that happened (CSS classes, colours)."""
-        return self.label.split(",")[0]
+        return UNKNOWN if self.label == NO_TRUNCATION else self.label.split(",")[0]
 
     def json_fields(self) -> dict[str, object]:
         """What ``opdwatch analyze --json`` adds beside the label and reasons."""
@@ -115,7 +123,10 @@ def verdict(series: pl.DataFrame, onset: Onset | None = None, *,
     regimes = onset.regimes or (tuple(trunc.regimes) if trunc is not None else ())
     steps, values = _steps_values(series, TRUNCATION_RATE)
     if len(values) == 0 or not regimes:
-        return Verdict(HEALTHY, ("no train steps with a truncation rate yet",), onset)
+        reasons = ["no truncation data: no train step has a known truncation rate (NaN or missing)"]
+        if onset.step is not None:  # length inflation is still worth saying
+            reasons.append(f"onset at step {onset.step}: {onset.evidence}")
+        return Verdict(NO_TRUNCATION, tuple(reasons), onset)
     episodes = tuple(find_episodes(steps, values, regimes, collapse_level=s.collapse_level))
     last = regimes[-1]
     current = Current(level=last.level, since=last.start, step=int(steps[-1]), value=float(values[-1]),
@@ -129,7 +140,7 @@ def verdict(series: pl.DataFrame, onset: Onset | None = None, *,
     reasons.extend(e.describe() + ("" if e.end is not None else ", ongoing") for e in episodes)
     reasons.append(f"now: truncation rate {current.level:.2f} (current regime, steps {current.since}-"
                    f"{current.step}); {current.value:.2f} at step {current.step}, {current.tail_median:.2f} median "
-                   f"of the last {min(s.tail, len(values))} steps")
+                   f"of the last {plural(min(s.tail, len(values)), 'step')}")
     reasons.extend(_context(series))
     return Verdict(label, tuple(reasons), onset, episodes, current, tuple(regimes))
 
@@ -155,6 +166,8 @@ def detector_story(v: Verdict, level: str | None, *, first_warning: int | None =
     if ep is not None:
         head += f" (collapse from step {ep.start}, peak {ep.peak:.2f} at step {ep.peak_step})"
     det, ver = _DETECTOR_KIND.get(level, "ok"), _VERDICT_KIND.get(v.kind, "ok")
+    if v.label == NO_TRUNCATION:  # the detector's other signals still speak; the verdict cannot
+        return head + ": the run has no truncation data, so the verdict cannot judge it", det != "ok"
     if det == ver:
         return head, False
     if level == "warmup" and ver != "ok":
@@ -199,7 +212,7 @@ def _label(regimes: tuple[Regime, ...], episodes: tuple[Episode, ...], onset: On
         if lasted >= s.chronic_steps and not rising:
             return DEGRADED, [f"degraded: truncation {last.level:.2f} (>= {s.raised_level}, < {s.collapse_level}) for "
                               f"{lasted} steps since step {since}"]
-        how = "still rising" if rising else f"for {lasted} step{'s' if lasted != 1 else ''}"
+        how = "still rising" if rising else f"for {plural(lasted, 'step')}"
         return INFLATING, [f"inflating: truncation {last.level:.2f} since step {since}, {how}"]
     if not quiet_now:
         return INFLATING, [f"inflating: truncation up from {base:.2f} to {last.level:.2f} (since step {last.start})"]
@@ -210,8 +223,8 @@ def _label(regimes: tuple[Regime, ...], episodes: tuple[Episode, ...], onset: On
         lengths = _steps_values(series, MEAN_LENGTH)[1]
         now = float(np.mean(lengths[-s.tail:])) if len(lengths) else 0.0
         if onset.before and now >= s.min_length_ratio * onset.before:
-            return INFLATING, [f"inflating: mean length {onset.before:.1f} -> {now:.1f} over the last {s.tail} steps, "
-                               "truncation not raised yet"]
+            return INFLATING, [f"inflating: mean length {onset.before:.1f} -> {now:.1f} over the last "
+                               f"{plural(s.tail, 'step')}, truncation not raised yet"]
         return HEALTHY, [f"mean length rose from step {onset.step} and is back to {now:.1f}"]
     return HEALTHY, []
 

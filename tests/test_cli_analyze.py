@@ -96,7 +96,7 @@ def test_corrupt_files(tmp_path: Path, capsys) -> None:
     _one_line_error(capsys, ["analyze", str(run), "--no-report"], "unreadable")
     assert main(["analyze", str(run), "--no-report", "--skip-corrupt", "--json"]) == 0
     (summary,) = json.loads(capsys.readouterr().out)["runs"]
-    assert "1 steps recorder step metrics" in summary["token_series"]
+    assert "; 1 step recorder step metrics" in summary["token_series"]  # "1 step", not "1 steps"
     (run / "manifest.json").write_text("{ torn", encoding="utf-8")
     _one_line_error(capsys, ["analyze", str(run), "--no-report"], "unreadable manifest")
 

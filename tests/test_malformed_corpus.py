@@ -8,6 +8,10 @@ a good run. The contract, for every case and command:
 - exit 2 with exactly one stderr line (``opdwatch: error: ...``), or
 - exit 0 with at most one ``opdwatch: warning: ...`` line per distinct problem of the case, and the right
   output (the steps of *that* run for glob-like paths, run ids and paths printed verbatim, strict JSON);
+- for the odd step tables (a step recorded twice, out of order, in another step's folder, a gap, NaN
+  truncation): exit 0 from every command, exactly the step table's one warning line (none for a gap), and
+  the same step facts (train steps, last step, missing steps, unknown truncation, collapse step) in every
+  JSON output (the semantics: opdwatch/step_table.py; tests/test_step_semantics.py checks them in depth);
 - never a traceback, never ``internal error`` (exit 1); the dashboard answers 200 and still lists the good run.
 
 ``pytest -rA tests/test_malformed_corpus.py`` shows the case x command table (``test_summary``).
@@ -117,6 +121,8 @@ class Case:
     shown_path: bool = False           # ... and the RUN_DIR itself
     other_user: bool = False           # permissions: run as an unprivileged user (root reads anything)
     check: Callable[[str, int, str, str], None] | None = None  # (column, code, out, err) extra assertions
+    warned: int | None = None          # exactly this many warning lines from every command (None: <= problems)
+    facts: dict[str, object] | None = None  # step facts every JSON output (info, analyze, detect) must report
 
 
 def _glob(name: str, sibling: str) -> Case:
@@ -149,6 +155,22 @@ def _warns_about(text: str) -> Callable[[str, int, str, str], None]:
     def check(column: str, code: int, out: str, err: str) -> None:
         assert all(text in line for line in err.splitlines() if line.startswith("opdwatch: warning: ")), err
     return check
+
+
+def _step_facts(*, steps: int = STEPS, last: int = STEPS, missing: int = 0, unknown: int = 0,
+                collapse: int | None) -> dict[str, object]:
+    return {"steps": steps, "first_step": 1, "last_step": last, "missing_steps": missing,
+            "truncation_unknown": unknown, "collapse_step": collapse}
+
+
+def _check_no_truncation_data(column: str, code: int, out: str, err: str) -> None:
+    _warns_about("no truncation data")(column, code, out, err)
+    if column in ("analyze --json", "analyze report"):
+        assert _strict(out)["runs"][0]["verdict"] == "no truncation data", out[:300]
+    if column == "detect --json":
+        assert _strict(out)["note"].startswith("no truncation data"), out[:300]
+    if column == "detect":
+        assert "collapse (truncation >= 0.5): unknown (no truncation data)" in out, out[:300]
 
 
 def _nonfinite(d: Path) -> Path:
@@ -320,13 +342,25 @@ CASES: list[Case] = [
     Case("no steps", _no_steps, steps=0),
     Case("only validation steps", _only_val, steps=0),
     Case("empty steps file (0 rows)", _empty_steps_file, steps=STEPS - 1),
-    # semantics defined elsewhere: here only no traceback, no internal error
-    Case("duplicate step", _duplicate_step, problems=1),
-    Case("step column disagrees with its partition", _step_mismatch, problems=1),
-    Case("steps out of order", lambda d: _record(d / "run", [1, 2, 5, 3, 4]), problems=1, steps=5),
-    Case("gap in steps", lambda d: _record(d / "run", [1, 2, 3, 7, 8]), problems=1, steps=5),
-    Case("NaN truncation in a step", _nan_truncation, problems=1, steps=STEPS),
-    Case("all-NaN truncation column", _all_nan_truncation, problems=1, steps=STEPS),
+    # odd step tables: one answer from every command, one warning line (opdwatch/step_table.py)
+    Case("duplicate step", _duplicate_step, expect="ok", problems=1, warned=1, steps=STEPS,
+         facts=_step_facts(collapse=3), check=_warns_about("step 3 (train) is recorded twice")),
+    # step=000003 holds step 5's row: it is step 5 (a second row of it, losing to step 5's own file); step 3
+    # has no metrics row left
+    Case("step column disagrees with its partition", _step_mismatch, expect="ok", problems=1, warned=1,
+         steps=STEPS - 1, facts=_step_facts(steps=STEPS - 1, missing=1, collapse=4),
+         check=_warns_about("holds a row of step 5, not of step 3")),
+    # step 2 written after step 5 (more than the recorder's two-step rewrite window)
+    Case("steps out of order", lambda d: _record(d / "run", [1, 5, 2, 3, 4]), expect="ok", problems=1, warned=1,
+         steps=5, facts=_step_facts(collapse=1), check=_warns_about("step 2 was written after step 5")),
+    Case("gap in steps", lambda d: _record(d / "run", [1, 2, 3, 7, 8]), expect="ok", warned=0, steps=5,
+         facts=_step_facts(last=8, missing=3, collapse=1)),
+    # NaN at the collapse step (3), no rollouts to recompute it: the collapse is the first *known* step >= 0.5
+    Case("NaN truncation in a step", _nan_truncation, expect="ok", problems=1, warned=1, steps=STEPS,
+         facts=_step_facts(unknown=1, collapse=4), check=_warns_about("truncation rate unknown (NaN or missing) at "
+                                                                     "1 train step (3)")),
+    Case("all-NaN truncation column", _all_nan_truncation, expect="ok", problems=1, warned=1, steps=STEPS,
+         facts=_step_facts(unknown=STEPS, collapse=None), check=_check_no_truncation_data),
 ]
 IDS = [c.id for c in CASES]
 assert len(set(IDS)) == len(IDS)
@@ -398,6 +432,8 @@ def _assert_contract(case: Case, column: str, path: Path, code: int, out: str, e
     warning_lines = [line for line in lines if not (report and line.startswith("report: "))]
     assert all(line.startswith("opdwatch: warning: ") for line in warning_lines), f"{where}: {lines}"
     assert len(warning_lines) <= case.problems, f"{where}: {len(warning_lines)} warnings: {lines}"
+    if case.warned is not None:
+        assert len(warning_lines) == case.warned, f"{where}: {len(warning_lines)} warnings: {lines}"
     if "--json" in column or report:
         data = _strict(out)
         runs = data["runs"] if column.startswith("analyze") else [data]
@@ -405,9 +441,12 @@ def _assert_contract(case: Case, column: str, path: Path, code: int, out: str, e
             assert [r["run_id"] for r in runs] == [case.run_id], where
         if case.steps is not None and column == "info --json":
             assert data["steps"] == case.steps, f"{where}: {data['steps']} steps"
-        if case.steps is not None and column.startswith("analyze") and case.expect == "ok":
-            # (analyze counts the steps its series has a truncation rate for: damaged runs may differ)
-            assert runs[0]["steps"] == case.steps, where
+        if case.steps is not None and (column.startswith("analyze") or column == "detect --json"):
+            # analyze and detect count the train steps of the step table, as info does
+            assert runs[0]["steps"] == case.steps, f"{where}: {runs[0]['steps']} steps"
+        if case.facts is not None:
+            for facts in runs:  # info --json, detect --json, or analyze's one run
+                assert {k: facts[k] for k in case.facts} == case.facts, f"{where}: {facts}"
         if column == "detect --json" and case.steps:
             assert data["first_step"] == 1, where
         if report:

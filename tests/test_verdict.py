@@ -20,6 +20,7 @@ from opdwatch.verdict import (
     HEALTHY,
     INFLATING,
     LABELS,
+    NO_TRUNCATION,
     RECOVERED,
     RECOVERING,
     Verdict,
@@ -109,7 +110,12 @@ def test_recovered_and_short_runs() -> None:
     assert [(e.start, e.end) for e in v.episodes] == [(13, 22)]
     short = verdict(pl.DataFrame({"step": [1, 2], "rollout/truncation_rate": [0.0, 0.1]}))
     assert short.label == HEALTHY and short.onset.step is None
-    assert verdict(pl.DataFrame({"step": [1, 2]})).label == HEALTHY
+    # no truncation rate at any step (no column, or every value NaN/null): nothing to judge, not "healthy"
+    for frame in (pl.DataFrame({"step": [1, 2]}),
+                  pl.DataFrame({"step": [1, 2], "rollout/truncation_rate": [float("nan"), None]})):
+        unknown = verdict(frame)
+        assert unknown.label == NO_TRUNCATION and unknown.kind == "unknown" and unknown.episodes == ()
+        assert unknown.reasons[0].startswith("no truncation data")
 
 
 def test_a_rise_still_going_is_inflating() -> None:

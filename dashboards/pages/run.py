@@ -19,7 +19,6 @@ from flask import current_app
 from opdwatch.dashboards.components import (
     detector_history,
     event_line,
-    fmt,
     graph,
     href,
     query_value,
@@ -167,20 +166,26 @@ def patches(watched: Watched) -> list[Any]:
 
 
 def meta(watched: Watched) -> list[Any]:
+    """Status, the step facts and the step table's warning (as ``opdwatch info`` prints them), the verdict."""
     from opdwatch.series import token_source_note
+    from opdwatch.step_table import steps_line
 
     live = watched.live
     series = live.series()
     v = run_verdict(watched)
-    head = html.Span(f"status {live.status}, last step {fmt(live.last_step)}, run id {live.run_id}. ")
+    head = html.Span(f"status {live.status}, {steps_line(live.step_facts().as_dict())}, run id {live.run_id}. ",
+                     id="run-steps")
+    note = live.step_note()  # the CLI's one warning line about the step table, without the server's path
+    warning = html.Div(f"warning: {note}", className="opd-story", id="run-step-note") if note else None
     if v is None:
-        return [head, html.Span("verdict: no steps yet", id="run-verdict")]
+        return [head, html.Span("verdict: no steps yet", id="run-verdict"), warning]
     episodes = "; ".join(e.describe() + ("" if e.end is not None else ", ongoing") for e in v.episodes)
     return [
         head,
         html.Span(f"verdict: {v.label}", className=f"opd-verdict-{v.kind}", id="run-verdict"),
         html.Span(" — " + "; ".join(v.reasons[:3])),
         html.Div(f"collapse episodes: {episodes}", id="run-episodes") if episodes else None,
+        warning,
         html.Div(token_source_note(series)),
     ]
 

@@ -90,9 +90,10 @@ def verdict(watched: Watched) -> html.Span | str:
     story, differ = detector_story(v, state.level if state else None, first_warning=first_warning,
                                    first_alarm=first_alarm)
     label = html.Span(v.label, title="; ".join(v.reasons), className=f"opd-verdict-{v.kind}")
-    if not differ:
-        return label
-    return html.Span([label, html.Div(story, className="opd-story")])
+    note = watched.live.step_note()  # the step table's warning, as the CLI prints it (without the path)
+    lines = ([html.Div(story, className="opd-story")] if differ else []) + (
+        [html.Div(f"warning: {note}", className="opd-story")] if note else [])
+    return html.Span([label, *lines]) if lines else label
 
 
 def list_verdict(watched: Watched) -> Verdict | None:

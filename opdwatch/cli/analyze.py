@@ -16,10 +16,12 @@ from rich.table import Table
 
 from opdwatch import jsonout
 from opdwatch.analysis import LATEST, RunAnalysis, analyze_run, open_checked, unique_labels
+from opdwatch.step_table import collapse_text
 from opdwatch.terminal import console, plain, shown
 
 # by verdict kind: "collapsed, recovering" is a collapse too
-_VERDICT_STYLE = {"healthy": "green", "inflating": "yellow", "degraded": "yellow", "collapsed": "bold red"}
+_VERDICT_STYLE = {"healthy": "green", "inflating": "yellow", "degraded": "yellow", "collapsed": "bold red",
+                  "unknown": "dim"}
 DEFAULT_REPORT = Path("report.html")
 
 
@@ -90,7 +92,8 @@ def _table(s: dict) -> Table:
     table.add_column("key")
     table.add_column("value", justify="right")
     table.add_row("status", shown(s["status"]))
-    table.add_row("steps", f"{s['steps']} (steps {s['first_step']}-{s['last_step']})")
+    table.add_row("train steps", steps_cell(s))
+    table.add_row("collapse step", collapse_text(s).removeprefix("collapse at ").removeprefix("collapse "))
     table.add_row("onset step", "-" if s["onset_step"] is None else str(s["onset_step"]))
     table.add_row("verdict", f"[{style}]{shown(s['verdict'])}[/]" if style else shown(s["verdict"]))
     for e in s.get("episodes", []):
@@ -101,3 +104,11 @@ def _table(s: dict) -> Table:
         if latest is not None and latest["value"] is not None:
             table.add_row(name, f"{latest['value']:.4g} (step {latest['step']})")
     return table
+
+
+def steps_cell(s: dict) -> str:
+    """``5 (steps 1-8, 3 missing)``: the train steps of the step facts."""
+    if not s["steps"]:
+        return "0"
+    missing = f", {s['missing_steps']} missing" if s["missing_steps"] else ""
+    return f"{s['steps']} (steps {s['first_step']}-{s['last_step']}{missing})"

@@ -15,11 +15,12 @@ from rich.table import Table
 
 from opdwatch import jsonout
 from opdwatch.config_tree import parse_assignments, with_overrides
-from opdwatch.detector.replay import Replay, plural, replay
+from opdwatch.detector.replay import Replay, replay
 from opdwatch.detector.settings import DetectorSettings, PolicySettings
 from opdwatch.errors import OpdwatchError
 from opdwatch.reader import open_run
 from opdwatch.terminal import console, shown
+from opdwatch.text import plural
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,10 +59,14 @@ def _fmt(step: int | None) -> str:
 def _print(out: Console, run_id: str, r: Replay) -> None:
     # the run id, reasons and evidence come from the run: shown() keeps them text, not markup
     warmup = "the first step" if r.warmup_steps == 1 else f"the first {r.warmup_steps} steps"
-    out.print(f"[bold]{shown(run_id)}[/]: replayed {plural(r.steps, 'train step')} (detector warm-up: {warmup})")
+    f = r.facts
+    missing = f", steps {f.first_step}-{f.last_step} with {f.missing_steps} missing" if f.missing_steps else ""
+    out.print(f"[bold]{shown(run_id)}[/]: replayed {plural(r.steps, 'train step')}{missing} (detector warm-up: "
+              f"{warmup})")
+    collapse = "unknown (no truncation data)" if f.no_truncation_data else _fmt(r.collapse_step)
     out.print(f"first warning: [yellow]{_fmt(r.first_warning)}[/]   first alarm: [red]{_fmt(r.first_alarm)}[/]"
-              f"   collapse (truncation >= 0.5): {_fmt(r.collapse_step)}")
-    if r.note is not None:  # too short, or collapsed inside the warm-up (also in --json as "note")
+              f"   collapse (truncation >= 0.5): {collapse}")
+    if r.note is not None:  # no truncation data, too short, collapsed in the warm-up (also in --json as "note")
         out.print(r.note)
     elif r.collapse_step is not None:
         if r.lead_time is not None:

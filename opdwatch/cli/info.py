@@ -9,6 +9,7 @@ from rich.table import Table
 from opdwatch import jsonout
 from opdwatch.metric_defs import ACCURACY
 from opdwatch.reader import open_run
+from opdwatch.step_table import steps_line
 from opdwatch.summary import HEADLINE_METRICS, run_summary
 from opdwatch.terminal import console, shown
 
@@ -28,8 +29,8 @@ def handle(args: argparse.Namespace) -> int:
     out = console()
     # run id, path, status and times come from the run directory: shown() keeps them text, not markup
     out.print(f"[bold]{shown(summary['run_id'])}[/]  {shown(summary['path'])}", soft_wrap=True)
-    out.print(f"status [bold]{shown(summary['status'])}[/], {summary['steps']} train steps, "
-              f"last step {summary['last_step']}, updated {shown(summary['updated_at'])}", soft_wrap=True)
+    out.print(f"status [bold]{shown(summary['status'])}[/], {steps_line(summary)}, "
+              f"updated {shown(summary['updated_at'])}", soft_wrap=True)
     table = Table(title=f"health at step {summary['last_step']}")
     table.add_column("metric")
     table.add_column("train", justify="right")

@@ -28,6 +28,7 @@ from opdwatch.detector.persist import check_settings, decode_float, encode_float
 from opdwatch.detector.settings import DetectorSettings
 from opdwatch.detector.signals import SIGNALS, Baseline, signal_values
 from opdwatch.metric_defs import TRUNCATION_RATE
+from opdwatch.text import plural
 
 LEVELS = ("warmup", "ok", "warning", "alarm")
 _RANK = {"warmup": 0, "ok": 0, "warning": 1, "alarm": 2}
@@ -212,18 +213,20 @@ class Detector:
         self._trunc_run = self._trunc_run + 1 if finite and truncation >= s.warn_truncation else 0
         self._trunc_alarm_run = self._trunc_alarm_run + 1 if finite and truncation >= s.alarm_truncation else 0
         if self._trunc_alarm_run >= s.guard_steps:
-            return "alarm", f"truncation rate {truncation:.2f} >= {s.alarm_truncation:g} for {s.guard_steps} steps"
+            return "alarm", (f"truncation rate {truncation:.2f} >= {s.alarm_truncation:g} for "
+                             f"{plural(s.guard_steps, 'step')}")
         fired = [e for e in evidence if e.fired] if ready else []
         outcome = [e for e in fired if SIGNALS[e.signal].outcome]
         if len(fired) >= s.alarm_min_signals and outcome:
-            return "alarm", f"{len(fired)} signals changed, including {outcome[0].signal}"
+            return "alarm", f"{plural(len(fired), 'signal')} changed, including {outcome[0].signal}"
         if self._trunc_run >= s.guard_steps:
-            return "warning", f"truncation rate {truncation:.2f} >= {s.warn_truncation:g} for {s.guard_steps} steps"
+            return "warning", (f"truncation rate {truncation:.2f} >= {s.warn_truncation:g} for "
+                               f"{plural(s.guard_steps, 'step')}")
         if s.warn_truncation_jump and finite and truncation >= s.warn_truncation_jump:
             return "warning", f"truncation rate jumped to {truncation:.2f} (>= {s.warn_truncation_jump:g})"
         families = {SIGNALS[e.signal].family for e in fired}
         if len(fired) >= s.warn_min_signals and len(families) >= s.warn_min_families:
-            return "warning", f"{len(fired)} signals changed ({', '.join(sorted(families))})"
+            return "warning", f"{plural(len(fired), 'signal')} changed ({', '.join(sorted(families))})"
         strong = [e for e in fired if e.statistic > s.warn_single_factor * s.h and e.signal in s.strong_signal_names]
         if strong:
             return "warning", f"{strong[0].signal} changed strongly"

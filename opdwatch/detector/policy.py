@@ -27,6 +27,7 @@ from opdwatch.config_tree import validate_tree
 from opdwatch.detector.detector import LEVELS, DetectorState
 from opdwatch.detector.persist import check_settings, decode_float, encode_float, reading
 from opdwatch.detector.settings import PolicySettings
+from opdwatch.text import plural
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ class InterventionPolicy:
             return base if new < max(floor, base) else new
 
         new_beta, new_alpha = down(beta, self.base_beta, s.beta_floor), down(alpha, self.base_alpha, s.alpha_floor)
-        reason = f"healthy for {s.relax_after_steps} steps: relax {_change(beta, alpha, new_beta, new_alpha)}"
+        reason = f"healthy for {plural(s.relax_after_steps, 'step')}: relax {_change(beta, alpha, new_beta, new_alpha)}"
         self._last_raise_level = "ok"
         return Decision(step, "relax", new_beta if new_beta != beta else None,
                         new_alpha if new_alpha != alpha else None, reason)

@@ -4,11 +4,15 @@
 detector) and returns a :class:`Replay`: one row per step with the level and each signal's statistic, the
 transitions with their evidence, the first warning and alarm, what the policy would have done, and the
 run's collapse step (first step with truncation rate >= 0.5), so lead time can be read off directly.
+
+The steps are the run's step table (:mod:`opdwatch.step_table`: one row per step, in step order), and the
+step facts (train steps, last step, missing steps, steps with an unknown truncation rate, the collapse
+step) are the same :class:`~opdwatch.step_table.StepFacts` that ``info`` and ``analyze`` report. A step
+whose truncation rate is unknown is replayed with its other signals and left out of the collapse step.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -21,8 +25,8 @@ from opdwatch.errors import OpdwatchError
 from opdwatch.metric_defs import LENGTH_CV, TRUNCATION_RATE
 from opdwatch.reader import Run
 from opdwatch.series import rollout_aggregates
-
-COLLAPSE_TRUNCATION = 0.5  # the benchmark's definition: first step whose truncation rate reaches this
+from opdwatch.step_table import COLLAPSE_TRUNCATION, StepFacts, first_collapse
+from opdwatch.text import plural
 
 
 @dataclass
@@ -36,6 +40,7 @@ class Replay:
     first_alarm: int | None = None
     collapse_step: int | None = None          # first step with truncation >= COLLAPSE_TRUNCATION
     first_step: int | None = None
+    facts: StepFacts = field(default_factory=lambda: StepFacts.of([], []))  # of the replayed steps
 
     @property
     def warning_before_collapse(self) -> int | None:
@@ -66,6 +71,9 @@ class Replay:
     @property
     def note(self) -> str | None:
         """Why the replay cannot judge the run, or None when it can (also in the JSON summary)."""
+        if self.facts.no_truncation_data:
+            return ("no truncation data: the truncation rate is unknown at every replayed step, so the run has "
+                    "no collapse step to warn before")
         if self.collapsed_in_warmup:
             return "the run collapsed inside the detector's warm-up: no baseline to warn against"
         if self.too_short:
@@ -80,8 +88,8 @@ class Replay:
         return None if start is None else self.collapse_step - start
 
     def summary(self) -> dict[str, object]:
-        return {"warmup_steps": self.warmup_steps, "steps": self.steps, "first_step": self.first_step,
-                "too_short": self.too_short, "collapsed_in_warmup": self.collapsed_in_warmup, "note": self.note,
+        return {"warmup_steps": self.warmup_steps, **self.facts.as_dict(), "too_short": self.too_short,
+                "collapsed_in_warmup": self.collapsed_in_warmup, "note": self.note,
                 "first_warning": self.first_warning, "first_alarm": self.first_alarm,
                 "collapse_step": self.collapse_step, "warning_before_collapse": self.warning_before_collapse,
                 "lead_time": self.lead_time, "episodes": self.episodes,
@@ -90,19 +98,10 @@ class Replay:
                 "decisions": [d.as_dict() for d in self.decisions]}
 
 
-def plural(n: int, word: str) -> str:
-    """``1 step``, ``2 steps``: counts in the replay's sentences."""
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
 def collapse_step(rows: Iterable[tuple[int, Mapping[str, float]]],
                   threshold: float = COLLAPSE_TRUNCATION) -> int | None:
-    """First step whose truncation rate reaches ``threshold`` (the benchmark's collapse step), or None."""
-    for step, metrics in rows:
-        value = metrics.get(TRUNCATION_RATE)
-        if value is not None and math.isfinite(value) and value >= threshold:
-            return int(step)
-    return None
+    """First step whose known truncation rate reaches ``threshold`` (the benchmark's collapse step), or None."""
+    return first_collapse([(step, m[TRUNCATION_RATE]) for step, m in rows if TRUNCATION_RATE in m], threshold)
 
 
 def replay_rows(rows: Iterable[tuple[int, Mapping[str, float]]], settings: DetectorSettings | None = None,
@@ -136,7 +135,8 @@ def replay_rows(rows: Iterable[tuple[int, Mapping[str, float]]], settings: Detec
         rec.update({f"z/{e.signal}": e.z for e in state.signals})
         records.append(rec)
     out.frame = pl.DataFrame(records, infer_schema_length=None) if records else pl.DataFrame()
-    out.collapse_step = collapse_step(rows)
+    out.facts = StepFacts.of([step for step, _ in rows], [m.get(TRUNCATION_RATE) for _, m in rows])
+    out.collapse_step = out.facts.collapse_step  # == collapse_step(rows): one definition
     return out
 
 

@@ -12,12 +12,15 @@ list (:class:`~opdwatch.live.incremental.PartIndex`), the step-metrics frame, th
 length frames and a byte offset per events file (:class:`~opdwatch.live.tail.EventTail`). A tick re-reads
 the manifest when it changed, lists what can have changed, tails the events, then recomputes the series
 rows of the changed steps only and splices them in (:mod:`opdwatch.live.splice`). The token table is read
-for new steps' aggregates and for one rollout at a time.
+for new steps' aggregates and for one rollout at a time. The step-metrics frame is resolved by
+:mod:`opdwatch.step_table` from every raw row kept by folder, exactly as :class:`~opdwatch.reader.Run` does
+(one row per step, unknown truncation from the rollouts), and what is odd about it is warned once.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +33,10 @@ from opdwatch.format import MANIFEST, TABLES
 from opdwatch.live.incremental import PartIndex
 from opdwatch.live.splice import RunView, series_order, splice
 from opdwatch.live.tail import EventTail
-from opdwatch.reader import read_run_manifest, read_steps, scan_parts
+from opdwatch.reader import read_run_manifest, scan_parts
 from opdwatch.run_files import Part
 from opdwatch.run_source import RunFacts
+from opdwatch.step_table import HOME, StepFacts, StepTable, StepWarnings, read_rows, resolve
 from opdwatch.web_paths import Confinement, confine
 
 # Drill-down orders: the rollouts that matter for length inflation first.
@@ -67,6 +71,7 @@ class LiveRun(RunFacts):
         if self.root is not None:
             confine(self.path / MANIFEST, self.root)
         self._lock = threading.RLock()
+        self._step_warnings = StepWarnings()  # kept across reloads: a resume does not repeat the warning
         self._reset()
         self.tick()
 
@@ -76,7 +81,9 @@ class LiveRun(RunFacts):
         allows = None if self._confinement is None else self._confinement.allows
         self._index = PartIndex(self.path, allows)
         self._tail = EventTail(self.path, allows)
-        self._steps = read_steps([])
+        self._rows = read_rows([])  # every step-metric row, with its file and folder (replaced by folder)
+        self._table = resolve(self._rows, root=self.path)
+        self._steps = self._table.frame
         self._series: pl.DataFrame | None = None
         self._lengths: pl.DataFrame | None = None
         self._events = pl.DataFrame(schema=EVENT_SCHEMA)
@@ -124,13 +131,27 @@ class LiveRun(RunFacts):
         from opdwatch.series import length_distribution, step_series  # the analysis layer, loaded when needed
 
         steps = sorted(dirty)
+        # Raw rows are replaced by folder (a row in another step's folder moves with its file) and the whole
+        # table is resolved again: which row of a step is read can depend on other folders' files.
+        kept = self._rows.filter(~pl.col(HOME).is_in(steps))
+        fresh = read_rows(self._index.parts("steps", steps=steps))
+        self._rows = pl.concat([kept, fresh], how="diagonal_relaxed")
+        before = self._table
+        self._table = resolve(self._rows, root=self.path, rollouts=self._train_rollouts)
+        self._steps = self._table.frame
+        self._step_warnings.warn(self.path, self._table)
         view = self.source(steps)
-        kept = self._steps.filter(~pl.col("step").is_in(steps))
-        self._steps = pl.concat([kept, view.steps().collect()], how="diagonal_relaxed").sort(["step", "phase"])
         if self._series is not None:
-            self._series = splice(self._series, step_series(view), steps, order=series_order)
+            if before.misplaced or self._table.misplaced:
+                # a row sits in another step's folder: the steps whose rows changed are not the dirty folders
+                self._series = step_series(self.source())
+            else:
+                self._series = splice(self._series, step_series(view), steps, order=series_order)
         if self._lengths is not None:
             self._lengths = splice(self._lengths, length_distribution(view), steps)
+
+    def _train_rollouts(self, steps: Collection[int]) -> list[Part]:
+        return self._index.parts("rollouts", steps=sorted(steps), phase="train")
 
     def _read_new_events(self) -> tuple[bool, bool]:
         """Append the new events; (changed, reload needed)."""
@@ -151,7 +172,9 @@ class LiveRun(RunFacts):
         functions), restricted to ``steps`` (None: all)."""
         with self._lock:
             parts = {t: self._index.parts(t, steps=steps) for t in TABLES}
-            return RunView(self.path, self.manifest, parts, steps=self._steps if steps is None else None)
+            # the resolved table's rows (a restricted view must not resolve its folders' rows on its own)
+            frame = self._steps if steps is None else self._steps.filter(pl.col("step").is_in(steps))
+            return RunView(self.path, self.manifest, parts, steps=frame)
 
     def parts(self, table: str, *, min_step: int | None = None) -> list[Part]:
         """The files of ``table`` as of the last tick, sorted like ``Run.parts``."""
@@ -189,6 +212,20 @@ class LiveRun(RunFacts):
             if self._lengths is None:
                 self._lengths = length_distribution(self.source())
             return self._lengths
+
+    def step_table(self) -> StepTable:
+        """The resolved step table as of the last tick."""
+        with self._lock:
+            return self._table
+
+    def step_facts(self) -> StepFacts:
+        """Train steps, first/last step, gaps, unknown truncation and the collapse step (as ``Run.step_facts``)."""
+        return self.step_table().facts
+
+    def step_note(self) -> str | None:
+        """What is odd about the step table, the text of the CLI's warning without the run path (the
+        dashboard shows it), or None."""
+        return self.step_table().describe()
 
     @property
     def last_step(self) -> int | None:

@@ -11,7 +11,7 @@ holds exactly those steps' rows of the whole run's series.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,12 @@ class RunView(RunFacts):
         return parts if min_step is None else [p for p in parts if p.step >= min_step]
 
     def steps(self, phase: str | None = None) -> pl.LazyFrame:
-        frame = self._steps if self._steps is not None else read_steps(self._parts["steps"])
+        frame = self._steps if self._steps is not None else read_steps(
+            self._parts["steps"], root=self.path, rollouts=self._train_rollouts)
         return (frame if phase is None else frame.filter(pl.col("phase") == phase)).lazy()
+
+    def _train_rollouts(self, steps: Collection[int]) -> list[Part]:
+        return [p for p in self._parts["rollouts"] if p.phase == "train" and p.step in steps]
 
     def rollouts(self, *, min_step: int | None = None) -> pl.LazyFrame:
         return scan_parts(self.parts("rollouts", min_step=min_step), "rollouts")

@@ -62,7 +62,7 @@ class Watched:
     def _feed_detector(self) -> None:
         # The detector takes each train step once, in order; a metric added to a step after it was fed
         # (a late log_metrics) is not seen by this replay (the trainer's own detector saw it live).
-        train = self.live.steps("train")
+        train = self.live.steps("train").collect()
         if self._fed_through is not None:
             train = train.filter(pl.col("step") > self._fed_through)
         for step, metrics in steps_to_rows(train):

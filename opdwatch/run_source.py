@@ -2,14 +2,11 @@
 
     def step_series(run: RunSource) -> pl.DataFrame: ...
 
-Implemented by :class:`opdwatch.reader.Run` (a run directory as it stands) and
-:class:`opdwatch.live.RunView` (a :class:`~opdwatch.live.LiveRun`'s cached file list, possibly restricted
-to some steps: what a tick recomputes the changed steps' series rows from). The series, drill-down and
-replay functions are typed against it, so either can be analysed and neither pretends to be the other.
-
-``LiveRun`` itself serves the dashboard eagerly (``steps()`` is its cached frame, ``rollouts(step)`` one
-step's drill-down) and hands analysis a ``RunView`` (:meth:`~opdwatch.live.LiveRun.source`); it shares the
-run's facts (:class:`RunFacts`: ``path``, ``manifest``, ``run_id``, ``status``) and ``parts()``/``events()``.
+Implemented by :class:`opdwatch.reader.Run` (a run directory as it stands), :class:`opdwatch.live.LiveRun` (a
+run followed while it is written: the frames as of its last tick) and :class:`opdwatch.live.RunView` (a
+``LiveRun``'s file list restricted to some steps: what a tick recomputes the changed steps' series rows
+from). The series, drill-down and replay functions are typed against it, so any of them can be analysed and
+none pretends to be another. ``LiveRun``'s one-step drill-down is ``step_rollouts(step)``.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from opdwatch.live import LiveRun, check_runs_root, list_runs, order_rollouts, r
 from opdwatch.reader import open_run, read_events
 from opdwatch.recorder import Recorder, RecorderSettings
 from opdwatch.series import length_distribution, step_series
+from tests.synthetic_runs import make_run
 
 EOS = 2
 SETTINGS = RecorderSettings(tail_window=24, tail_threshold=0.6, ngram_n=3, loop_min_run=4)
@@ -59,7 +60,7 @@ def assert_matches_full_reload(live: LiveRun) -> None:
     run = open_run(live.path)
     assert_frame_equal(live.series(), step_series(run))
     assert_frame_equal(live.lengths(), length_distribution(run))
-    assert_frame_equal(live.steps(), run.steps().collect())
+    assert_frame_equal(live.steps().collect(), run.steps().collect())
     assert_frame_equal(live.events(), read_events(live.path))
     assert live.manifest == run.manifest
 
@@ -144,10 +145,10 @@ def test_drill_down_reads_one_step(tmp_path):
     rec.close()
     live = LiveRun(tmp_path / "r")
     assert live.rollout_steps() == list(range(8))
-    ro = live.rollouts(7, phase="train")
+    ro = live.step_rollouts(7, phase="train")
     assert ro["num_tokens"].to_list() == sorted(ro["num_tokens"].to_list(), reverse=True)  # longest first
     assert ro["truncated"][0]
-    adv = live.rollouts(7, phase="train", order="advantage")["advantage_mean"].to_list()
+    adv = live.step_rollouts(7, phase="train", order="advantage")["advantage_mean"].to_list()
     assert adv == sorted(adv)
     first = ro.row(0, named=True)
     tokens = live.rollout_tokens(7, rank=first["rank"], phase="train", rollout=first["rollout"])
@@ -217,3 +218,16 @@ def test_check_runs_root(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(OpdwatchError, match="not a directory"):
         check_runs_root(tmp_path / "f")
+
+
+def test_a_live_run_is_a_run_source_that_analysis_reads_like_a_run(tmp_path):
+    # LiveRun implements RunSource itself: the analysis functions take it and give what they give on open_run.
+    from opdwatch.series import length_distribution, step_series
+
+    path = make_run(tmp_path / "r", steps=6, collapse_at=3)
+    live, run = LiveRun(path), open_run(path)
+    assert_frame_equal(step_series(live), step_series(run))
+    assert_frame_equal(length_distribution(live), length_distribution(run))
+    for table in ("rollouts", "tokens"):
+        assert_frame_equal(getattr(live, table)(min_step=2).collect(), getattr(run, table)(min_step=2).collect())
+    assert_frame_equal(live.steps("train").collect(), run.steps("train").collect())

@@ -60,8 +60,8 @@ def _run_views(path: str | Path, step: int, rollout: int) -> dict[str, object]:
 def _live_views(path: str | Path, step: int, rollout: int) -> dict[str, object]:
     live = LiveRun(path)
     return {
-        "steps": live.steps(), "series": live.series(), "lengths": live.lengths(),
-        "rollouts": live.rollouts(step), "prompt_history": live.prompt_history("p0"),
+        "steps": live.steps().collect(), "series": live.series(), "lengths": live.lengths(),
+        "rollouts": live.step_rollouts(step), "prompt_history": live.prompt_history("p0"),
         "rollout_tokens": live.rollout_tokens(step, rank=0, phase="train", rollout=rollout),
     }
 
@@ -155,9 +155,9 @@ def test_a_file_with_a_wrong_typed_column_is_skipped_with_one_warning(tmp_path, 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         live = LiveRun(path)
-        live_steps = sorted(set(live.steps()["step"].to_list()))
+        live_steps = sorted(set(live.steps().collect()["step"].to_list()))
         series = live.series()
-        rollouts = live.rollouts(1)
+        rollouts = live.step_rollouts(1)
         assert live.tick().changed is False  # the skipped file is not re-read (nor re-warned) every tick
     messages = _read_warnings(caught)
     assert len(messages) == 1 and str(bad) in messages[0] and repr(column) in messages[0], messages
@@ -252,7 +252,7 @@ for kind in ("run", "live"):
                 live = LiveRun(sys.argv[1])
                 live.series()
                 live.tick()
-                frames = {"steps": live.steps()}
+                frames = {"steps": live.steps().collect()}
                 events = live.events().height
             res = {t: sorted(set(f["step"].to_list())) for t, f in frames.items()}
             res["rollouts"] = res["rollouts"] if kind == "run" else live.rollout_steps()

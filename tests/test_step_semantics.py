@@ -333,6 +333,6 @@ def test_live_run_equals_a_full_read_of_a_damaged_run(root: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             live, full = LiveRun(run), open_run(run)
-            assert live.steps().equals(full.steps().collect()), case.id
+            assert live.steps().collect().equals(full.steps().collect()), case.id
             assert live.step_facts() == full.step_facts() == facts_of(full.steps().collect()), case.id
             assert live.series().equals(step_series(full)), case.id

@@ -101,7 +101,7 @@ def list_verdict(watched: Watched) -> Verdict | None:
     from opdwatch.verdict import verdict as judge
 
     def build() -> Verdict | None:
-        train = watched.live.steps("train")
+        train = watched.live.steps("train").collect()
         return judge(train) if train.height else None
 
     return watched.cached("list-verdict", build)

@@ -46,7 +46,7 @@ def layout(run: str | None = None, step: str | None = None, phase: str | None = 
     if not steps:
         return html.Div([html.H2(f"Rollouts of {run}"), html.P("no rollouts recorded yet")], className="opd-page")
     sel_step = q["step"] if q["step"] in steps else steps[-1]
-    rollouts = watched.live.rollouts(sel_step, phase=q["phase"], order=q["order"])
+    rollouts = watched.live.step_rollouts(sel_step, phase=q["phase"], order=q["order"])
     return html.Div([
         html.H2(f"Rollouts of {run}", id="tokens-title"),
         html.Div(dcc.Link("back to the run", href=run_href(run)), className="opd-meta"),

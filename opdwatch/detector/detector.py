@@ -210,16 +210,20 @@ class Detector:
     def _target(self, evidence: list[Evidence], truncation: float, ready: bool) -> tuple[str, str]:
         s = self.settings
         finite = math.isfinite(truncation)
-        self._trunc_run = self._trunc_run + 1 if finite and truncation >= s.warn_truncation else 0
-        self._trunc_alarm_run = self._trunc_alarm_run + 1 if finite and truncation >= s.alarm_truncation else 0
-        if self._trunc_alarm_run >= s.guard_steps:
+        # A step whose truncation is unknown (NaN: no rollouts recorded) neither extends nor breaks a run of high
+        # steps: counting it as "not raised" would treat it as 0 and restart the guard (opdwatch/step_table.py
+        # leaves such steps out of the collapse step and the verdict the same way).
+        if finite:
+            self._trunc_run = self._trunc_run + 1 if truncation >= s.warn_truncation else 0
+            self._trunc_alarm_run = self._trunc_alarm_run + 1 if truncation >= s.alarm_truncation else 0
+        if finite and self._trunc_alarm_run >= s.guard_steps:
             return "alarm", (f"truncation rate {truncation:.2f} >= {s.alarm_truncation:g} for "
                              f"{plural(s.guard_steps, 'step')}")
         fired = [e for e in evidence if e.fired] if ready else []
         outcome = [e for e in fired if SIGNALS[e.signal].outcome]
         if len(fired) >= s.alarm_min_signals and outcome:
             return "alarm", f"{plural(len(fired), 'signal')} changed, including {outcome[0].signal}"
-        if self._trunc_run >= s.guard_steps:
+        if finite and self._trunc_run >= s.guard_steps:
             return "warning", (f"truncation rate {truncation:.2f} >= {s.warn_truncation:g} for "
                                f"{plural(s.guard_steps, 'step')}")
         if s.warn_truncation_jump and finite and truncation >= s.warn_truncation_jump:

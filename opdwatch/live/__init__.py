@@ -2,7 +2,7 @@
 
     from opdwatch.live import LiveRun
     live = LiveRun("runs/exp1")
-    live.tick(); live.series(); live.rollouts(40)
+    live.tick(); live.series(); live.step_rollouts(40)
 
 One module per job: :mod:`~opdwatch.live.incremental` lists the table files that can have changed,
 :mod:`~opdwatch.live.tail` follows the events files, :mod:`~opdwatch.live.splice` recomputes the changed

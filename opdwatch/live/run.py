@@ -3,7 +3,7 @@
     live = LiveRun("runs/exp1")
     live.tick()              # lists only recent step partitions, tails the events
     live.series()            # opdwatch.series.step_series over the cached frames
-    live.rollouts(40)        # one step's rollouts, for the drill-down
+    live.step_rollouts(40)   # one step's rollouts, for the drill-down
     live.rollout_tokens(40, rank=0, phase="train", rollout=3)   # one rollout's tokens
 
 :class:`opdwatch.reader.Run` re-lists and re-reads every partition on ``refresh()``, and ``step_series``
@@ -184,11 +184,20 @@ class LiveRun(RunFacts):
             parts = self._index.parts(table)
         return parts if min_step is None else [p for p in parts if p.step >= min_step]
 
-    def steps(self, phase: str | None = None) -> pl.DataFrame:
-        """The cached step-metrics frame (what ``Run.steps(phase).collect()`` returns)."""
+    def steps(self, phase: str | None = None) -> pl.LazyFrame:
+        """The step metrics as of the last tick (:class:`~opdwatch.run_source.RunSource`): a lazy view of the
+        cached frame, so ``.collect()`` costs no file read and equals ``Run.steps(phase).collect()``."""
         with self._lock:
             frame = self._steps
-        return frame if phase is None else frame.filter(pl.col("phase") == phase)
+        return (frame if phase is None else frame.filter(pl.col("phase") == phase)).lazy()
+
+    def rollouts(self, *, min_step: int | None = None) -> pl.LazyFrame:
+        """The rollout rows of the files seen at the last tick (the :class:`RunSource` scan)."""
+        return scan_parts(self.parts("rollouts", min_step=min_step), "rollouts")
+
+    def tokens(self, *, min_step: int | None = None) -> pl.LazyFrame:
+        """The token rows of the files seen at the last tick (the :class:`RunSource` scan)."""
+        return scan_parts(self.parts("tokens", min_step=min_step), "tokens")
 
     def events(self) -> pl.DataFrame:
         with self._lock:
@@ -229,7 +238,7 @@ class LiveRun(RunFacts):
 
     @property
     def last_step(self) -> int | None:
-        train = self.steps("train")  # sorted by step: the last row is the newest
+        train = self.steps("train").collect()  # sorted by step: the last row is the newest
         return int(train["step"][-1]) if train.height else None
 
     # ----------------------------------------------------------------------------- drill-down
@@ -243,8 +252,8 @@ class LiveRun(RunFacts):
         with self._lock:
             return self._index.parts(table, steps=None if step is None else [step], phase=phase)
 
-    def rollouts(self, step: int, *, phase: str | None = None, order: str = "length",
-                 with_text: bool = True) -> pl.DataFrame:
+    def step_rollouts(self, step: int, *, phase: str | None = None, order: str = "length",
+                      with_text: bool = True) -> pl.DataFrame:
         """The rollouts of one step, ordered for the drill-down (see :data:`ROLLOUT_ORDERS`)."""
         frame = scan_parts(self.table_parts("rollouts", step, phase), "rollouts")
         if not with_text:

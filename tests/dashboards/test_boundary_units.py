@@ -39,7 +39,7 @@ def test_live_run_with_a_root_skips_files_linked_from_outside(tmp_path, run_writ
     with pytest.warns(RunReadWarning, match="outside the runs root"):
         live = LiveRun(inside_run, root=root)
     assert live.rollout_steps() == [] and live.table_parts("rollouts") == []
-    assert live.steps("train")["step"].to_list() == [0, 1]  # the run's own files are still read
+    assert live.steps("train").collect()["step"].to_list() == [0, 1]  # the run's own files are still read
     with pytest.raises(OpdwatchError):
         LiveRun(tmp_path / "outside", root=root)  # a run outside the root is not opened at all
 

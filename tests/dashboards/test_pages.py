@@ -120,8 +120,8 @@ def test_run_list_and_page_tell_verdict_and_detector_as_one_story(runs_root):
         assert cell.startswith(case.label) and "inflating" not in cell
         watched = reg.get("partial-3", tick=False)
         first_warning, first_alarm = runs.detector_history(watched)
-        story, differ = detector_story(verdict(watched.live.steps("train")), level, first_warning=first_warning,
-                                       first_alarm=first_alarm)
+        train = watched.live.steps("train").collect()
+        story, differ = detector_story(verdict(train), level, first_warning=first_warning, first_alarm=first_alarm)
         assert (story in cell) == differ
         meta = _text(page("run").meta(watched))
         assert f"verdict: {case.label}" in meta and "collapse episodes: collapse steps" in meta

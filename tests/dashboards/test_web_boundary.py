@@ -295,7 +295,7 @@ def test_symlinks_out_of_the_root_are_not_followed(runs_root, tmp_path, linked):
     root = runs_root.resolve()
     for table in ("steps", "rollouts", "tokens"):
         assert all(p.path.resolve().is_relative_to(root) for p in live.table_parts(table))
-    assert 7 not in live.steps()["step"].to_list() and 7 not in live.rollout_steps()
+    assert 7 not in live.steps().collect()["step"].to_list() and 7 not in live.rollout_steps()
     assert not live.events()["message"].str.contains(SECRET).any()
 
 

@@ -171,3 +171,16 @@ def test_a_state_from_other_settings_or_malformed_is_refused_and_changes_nothing
         with pytest.raises(OpdwatchError):
             target.load_state_dict(bad)
         assert target.steps_seen == 0
+
+
+def test_an_unknown_truncation_step_neither_breaks_nor_extends_the_guard():
+    # guard_steps=2 at alarm_truncation: high, unknown, high must alarm on the second high step (the unknown step
+    # is left out, as in the verdict), and high, unknown must not alarm on the unknown step.
+    def run(values):
+        det = Detector(DetectorSettings(warmup_steps=2))
+        states = [det.update(step, {"rollout/truncation_rate": v}) for step, v in enumerate(values, 1)]
+        return [s.level for s in states]
+
+    assert run([0.0, 0.0, 0.9, math.nan, 0.9])[-1] == "alarm"
+    assert run([0.0, 0.0, 0.9, math.nan])[-1] != "alarm"
+    assert run([0.0, 0.0, 0.9, 0.0, 0.9])[-1] != "alarm"  # a known healthy step does break it

@@ -20,8 +20,9 @@ from opdwatch._version import __version__
 from opdwatch.errors import OpdwatchError
 from opdwatch.terminal import plain
 
-# Subcommand modules, in the order `opdwatch --help` lists them.
-COMMANDS = ("info", "train", "demo", "analyze", "detect", "dashboard")
+# Subcommand modules, in the order `opdwatch --help` lists them. A module names its own subcommand in
+# register() (`import_run` registers `opdwatch import`: `import` is a Python keyword).
+COMMANDS = ("info", "train", "demo", "analyze", "detect", "dashboard", "import_run", "probe", "compact")
 EXIT_USAGE = 2
 # OS errors that say the path the user gave is the problem (not readable, not writable, not there, full disk);
 # other OS errors, and those without a path, may be bugs and stay internal errors

@@ -1,20 +1,24 @@
-"""Time and peak memory of `opdwatch analyze` against a plain pandas implementation, on growing runs.
+"""Time and peak memory of `opdwatch analyze` against DuckDB over the same files, on growing runs (issue 17).
 
-    python benchmarks/analyze_scale.py                     # 1M, 5M, 20M, 50M token rows
-    python benchmarks/analyze_scale.py --max-rows 5000000  # stop earlier
-    python benchmarks/analyze_scale.py --sizes 2e6,1e7 --keep /tmp/bench-runs
+    python benchmarks/analyze_scale.py                        # 50M, 100M, 200M, 500M token rows
+    python benchmarks/analyze_scale.py --sizes 1e9 --keep /tmp/bench-runs
+    python benchmarks/analyze_scale.py --sizes 1e6,5e6,2e7,5e7 --pandas   # the old pandas comparison too
 
 Each run is written directly with pyarrow in the run format (manifest, steps, rollouts, tokens partitions;
 the same schemas as the Recorder, ~250k token rows per step in rollouts of ~500 tokens, some looping and
-truncated). Then, each in its own subprocess so that peak RSS is per process (``os.wait4``):
+truncated). Then, each in its own process so that peak RSS is per process (``os.wait4``):
 
 - ``opdwatch analyze RUN --json --no-report``: the aggregation path (step series incl. the streaming token
   query, rollout aggregates, onset, verdict);
-- the same token and rollout aggregations in pandas: each table read with ``pyarrow.parquet`` (only the
-  needed columns), converted to pandas and grouped by step.
+- DuckDB (``pip install duckdb``, the ``bench`` extra) running the same per-step token and rollout
+  aggregations over the same Parquet files (benchmarks/duckdb_baseline.py), all cores;
+- optionally the same in pandas (each table read with ``pyarrow.parquet``, converted, grouped by step);
+- the token drill-down: open the run, the 5 worst rollouts (lowest mean advantage) of a collapsed step, and
+  those rollouts' token rows (what the dashboard's drill-down reads).
 
-It prints one table: rows, time and peak RSS of each, the speed-up, and opdwatch's rows/s (flat rows/s
-means time grows linearly with rows). It checks that both give the same per-step token aggregates.
+It prints one table: rows, time and peak RSS of each, the time ratio, whether the per-step results are equal
+(rel. 1e-9), opdwatch's rows/s (flat rows/s means time grows linearly with rows) and the 1-minute load average
+(the machine is shared: ratios are measured side by side in one run).
 """
 
 from __future__ import annotations
@@ -178,38 +182,61 @@ print(json.dumps({k: [None if pd.isna(x) else float(x) for x in v] for k, v in o
 
 
 def measure(cmd: list[str]) -> tuple[float, float, str]:
-    """Wall time (s), peak RSS (MB) of ``cmd`` in its own process, and its stdout."""
-    with tempfile.TemporaryFile() as out:
+    """Wall time (s), peak RSS (MB) of ``cmd`` in its own process, and its stdout. The peak comes from GNU
+    time: a child forked from this process would count this process's pages in its high-water mark."""
+    with tempfile.TemporaryFile() as out, tempfile.NamedTemporaryFile("r") as peak:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", peak.name, *cmd], stdout=out,
+                              stderr=subprocess.PIPE, check=False)
         elapsed = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        err = proc.stderr.read().decode() if proc.stderr else ""
         if proc.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err[-2000:]}")
+            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
         out.seek(0)
-        return elapsed, usage.ru_maxrss / 1024, out.read().decode()
+        return elapsed, int(peak.read().split()[-1]) / 1024, out.read().decode()
+
+
+DRILLDOWN = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import polars as pl
+from opdwatch.drilldown import rollout_tokens
+from opdwatch.live.run import order_rollouts
+from opdwatch.reader import open_run
+from opdwatch.reader import scan_parts
+run = open_run(sys.argv[1])
+t1 = time.perf_counter()
+step = int(sys.argv[2])
+rollouts = scan_parts(run.parts("rollouts", min_step=step), "rollouts").filter(pl.col("step") == step)
+worst = order_rollouts(rollouts.collect(), "advantage").head(5)
+t2 = time.perf_counter()
+rows = [rollout_tokens(run, step=step, rollout=r["rollout"], rank=r["rank"]).height
+        for r in worst.iter_rows(named=True)]
+t3 = time.perf_counter()
+print(json.dumps({"open": t1 - t0, "worst": t2 - t1, "tokens": t3 - t2, "rows": sum(rows)}))
+"""
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="1e6,5e6,2e7,5e7", help="token rows per run, comma-separated")
+    ap.add_argument("--sizes", default="5e7,1e8,2e8,5e8", help="token rows per run, comma-separated")
     ap.add_argument("--max-rows", type=float, default=None, help="skip sizes above this")
     ap.add_argument("--keep", type=Path, default=None, help="write (and reuse) runs here instead of a temp dir")
-    ap.add_argument("--no-pandas", action="store_true", help="skip the pandas baseline")
+    ap.add_argument("--pandas", action="store_true", help="also run the pandas baseline (runs up to 50M rows)")
+    ap.add_argument("--no-duckdb", action="store_true", help="skip the DuckDB baseline")
     args = ap.parse_args()
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     if args.max_rows:
         sizes = [s for s in sizes if s <= args.max_rows]
-    console = Console(width=170)
+    console = Console(width=200)
     base = args.keep or Path(tempfile.mkdtemp(prefix="opdwatch-bench-"))
     base.mkdir(parents=True, exist_ok=True)
-    table = Table(title=f"opdwatch analyze vs pandas ({os.cpu_count()} cores)")
+    table = Table(title=f"opdwatch analyze vs DuckDB over the same files ({os.cpu_count()} cores)")
     for col in ("token rows", "steps", "write s", "opdwatch s", "opdwatch peak MB", "opdwatch M rows/s",
-                "pandas s", "pandas peak MB", "speed-up", "same result"):
+                "DuckDB s", "DuckDB peak MB", "opdwatch / DuckDB time", "same result", "pandas s", "pandas peak MB",
+                "drill-down s (open, worst 5, their tokens)", "load (1 min)"):
         table.add_column(col, justify="right")
     timings: list[tuple[int, float]] = []
+    here = Path(__file__).parent
     try:
         for rows in sizes:
             run = base / f"run-{rows}"
@@ -220,17 +247,27 @@ def main() -> None:
                 write_run(run, rows)
             write_s = time.perf_counter() - t0
             steps = len(list((run / "steps").glob("step=*")))
-            ours_s, ours_mb, ours_out = measure([sys.executable, "-m", "opdwatch.cli", "analyze", str(run),
-                                                 "--json", "--no-report"])
+            ours_s, ours_mb, _ = measure([sys.executable, "-m", "opdwatch.cli", "analyze", str(run),
+                                          "--json", "--no-report"])
             timings.append((rows, ours_s))
             row = [f"{rows:,}", str(steps), f"{write_s:.1f}", f"{ours_s:.1f}", f"{ours_mb:,.0f}",
                    f"{rows / ours_s / 1e6:.2f}"]
-            if args.no_pandas:
-                row += ["-", "-", "-", "-"]
+            if args.no_duckdb:
+                row += ["-"] * 4
             else:
+                db_s, db_mb, db_out = measure([sys.executable, str(here / "duckdb_baseline.py"), str(run)])
+                row += [f"{db_s:.1f}", f"{db_mb:,.0f}", f"{ours_s / db_s:.2f}",
+                        "yes" if _same(run, json.loads(db_out)) else "NO"]
+            if args.pandas and rows <= 50_000_000:
                 pd_s, pd_mb, pd_out = measure([sys.executable, "-c", PANDAS_BASELINE, str(run)])
                 same = _same(run, json.loads(pd_out))
-                row += [f"{pd_s:.1f}", f"{pd_mb:,.0f}", f"{pd_s / ours_s:.1f}x", "yes" if same else "NO"]
+                row += [f"{pd_s:.1f}{'' if same else ' (differs)'}", f"{pd_mb:,.0f}"]
+            else:
+                row += ["-", "-"]
+            _, _, dd = measure([sys.executable, "-c", DRILLDOWN, str(run), str(2 * steps // 3 + 1)])
+            d = json.loads(dd)
+            row += [f"{d['open']:.2f}, {d['worst']:.2f}, {d['tokens']:.2f} ({d['rows']:,} rows)",
+                    f"{os.getloadavg()[0]:.1f}"]
             table.add_row(*row)
             console.print(table)
     finally:
@@ -245,7 +282,7 @@ def main() -> None:
 
 
 def _same(run: Path, pandas_out: dict[str, list[float | None]]) -> bool:
-    """Per-step token and rollout series of opdwatch equal the pandas baseline's (rel. 1e-9)."""
+    """Per-step token and rollout series of opdwatch equal the baseline's (rel. 1e-9)."""
     from opdwatch.reader import open_run
     from opdwatch.series import step_series
 

@@ -1,21 +1,30 @@
 """Rollout throughput: HFEngine's fast decode path and its generic loop vs `model.generate`, side by side.
 
-    python benchmarks/rollout_throughput.py [--threads 2] [--batch 64] [--new-tokens 128] [--repeats 3]
+    python benchmarks/rollout_throughput.py [--threads 2] [--batch 64] [--new-tokens 128] [--repeats 7]
+                                            [--sizes student teacher]
 
   fast     HFEngine(fast=True): trainer/rollout/fast_decode.py, a hand-written decode step with a preallocated KV cache
   generic  HFEngine(fast=False): a sampling loop over the HF model's forward with its DynamicCache
   generate `model.generate` (transformers' own sampling loop)
 
 All three sample at temperature 1 from the same demo-sized models (random weights unless --model-dir is given, with
-EOS suppressed so that every row generates exactly --new-tokens tokens and all do the same work) and report
-generated tokens per second (best of --repeats, the three interleaved so load from other processes hits them
-alike) and the ratios to `model.generate`. Target: fast >= 2x generate.
+EOS suppressed so that every row generates exactly --new-tokens tokens and all do the same work). The machine is
+shared, so the arms run interleaved, one of each per round (the order rotating from round to round), and the
+figures are medians: tokens/s of each arm, and the median over rounds of each round's own ratio to `model.generate`
+(the arms of one round ran under nearly the same load). The load is printed with them: the 1-minute load average
+and the CPU cores that other processes used while the benchmark ran (from /proc/stat minus this process's own CPU
+time). `fast` and `generic` draw from equally seeded generators, so every round also checks that they sampled the
+same tokens. Target: fast >= 2x generate.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
+import statistics
 import time
+from pathlib import Path
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
@@ -27,6 +36,7 @@ from opdwatch.trainer.rollout.fast_decode import unsupported_reason
 from opdwatch.trainer.rollout.hf_engine import HFEngine, left_pad
 
 EOS, PAD, VOCAB = 1, 0, 29
+ARMS = ("fast", "generic", "generate")
 
 
 class NoEOS(LogitsProcessor):
@@ -52,8 +62,34 @@ def model_for(size: str, model_dir: str | None):
     ).eval()
 
 
+class LoadMeter:
+    """CPU cores busy with other processes between `__enter__` and `__exit__` (Linux /proc/stat)."""
+
+    def __enter__(self) -> LoadMeter:
+        self.busy0, self.own0, self.t0 = self._busy_s(), self._own_s(), time.perf_counter()
+        self.loadavg0 = os.getloadavg()[0]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = time.perf_counter() - self.t0
+        others = (self._busy_s() - self.busy0) - (self._own_s() - self.own0)
+        self.other_cores = max(others, 0.0) / wall
+        self.loadavg = (self.loadavg0, os.getloadavg()[0])
+
+    @staticmethod
+    def _busy_s() -> float:
+        # cpu  user nice system idle iowait irq softirq steal ...: everything but idle and iowait is busy
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own_s() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+
 def bench(model, batch: int, new_tokens: int, repeats: int) -> dict[str, float]:
-    """Tokens/s of each contender (best of `repeats`)."""
+    """Median tokens/s of each arm, median per-round ratios to generate, and whether fast == generic samples."""
     prompts = [[3 + (i + j) % 20 for j in range(6 + i % 8)] for i in range(batch)]
     # Our loop stops rows at EOS; suppress EOS by making it unreachable (a token id outside the vocabulary).
     engines = {
@@ -74,6 +110,7 @@ def bench(model, batch: int, new_tokens: int, repeats: int) -> dict[str, float]:
         pad_token_id=PAD,
         eos_token_id=EOS,
     )
+    tokens: dict[str, torch.Tensor] = {}
 
     def run_generate() -> None:
         with torch.no_grad():
@@ -86,17 +123,24 @@ def bench(model, batch: int, new_tokens: int, repeats: int) -> dict[str, float]:
         assert seqs.shape == (batch, ids_BP.shape[1] + new_tokens)
 
     def run_engine(name: str) -> None:
-        out = engines[name].generate(prompts, params)
-        assert out.tokens_BT.shape == (batch, new_tokens)
+        tokens[name] = engines[name].generate(prompts, params).tokens_BT
+        assert tokens[name].shape == (batch, new_tokens)
 
     runs = {"fast": lambda: run_engine("fast"), "generic": lambda: run_engine("generic"), "generate": run_generate}
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
+    seconds: dict[str, list[float]] = {name: [] for name in ARMS}
+    same = True
+    for r in range(repeats):
+        for name in ARMS[r % 3 :] + ARMS[: r % 3]:  # rotate the order: no arm always runs first or last
             t0 = time.perf_counter()
-            run()
+            runs[name]()
             seconds[name].append(time.perf_counter() - t0)
-    return {name: batch * new_tokens / min(s) for name, s in seconds.items()}
+        same &= torch.equal(tokens["fast"], tokens["generic"])  # equally seeded: the r-th calls sample alike
+    out = {name: batch * new_tokens / statistics.median(s) for name, s in seconds.items()}
+    for name in ("fast", "generic"):
+        out[f"{name}/generate"] = statistics.median(g / f for f, g in zip(seconds[name], seconds["generate"]))
+    out["fast/generic"] = statistics.median(g / f for f, g in zip(seconds["fast"], seconds["generic"]))
+    out["same_samples"] = float(same)
+    return out
 
 
 def main() -> None:
@@ -104,22 +148,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7, help="rounds; each runs every arm once")
+    parser.add_argument("--sizes", nargs="+", default=["student", "teacher"], choices=["student", "teacher"])
     parser.add_argument(
         "--model-dir", default=None, help="a saved model instead of the random demo-sized ones"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"threads={args.threads} batch={args.batch} new_tokens={args.new_tokens} (best of {args.repeats})")
-    for size in ["model"] if args.model_dir else ["student", "teacher"]:
+    print(f"threads={args.threads} batch={args.batch} new_tokens={args.new_tokens} (medians of {args.repeats} rounds)")
+    for size in ["model"] if args.model_dir else args.sizes:
         model = model_for(size, args.model_dir)
         n_params = sum(p.numel() for p in model.parameters())
-        tps = bench(model, args.batch, args.new_tokens, args.repeats)
+        with LoadMeter() as load:
+            res = bench(model, args.batch, args.new_tokens, args.repeats)
         print(
-            f"{size:8s} {n_params / 1e6:.2f}M params: fast {tps['fast']:8.0f} tok/s | generic loop "
-            f"{tps['generic']:8.0f} tok/s | model.generate {tps['generate']:8.0f} tok/s | fast/generate "
-            f"{tps['fast'] / tps['generate']:.2f}x | generic/generate {tps['generic'] / tps['generate']:.2f}x | "
-            f"fast/generic {tps['fast'] / tps['generic']:.2f}x"
+            f"{size:8s} {n_params / 1e6:.2f}M params: fast {res['fast']:7.0f} tok/s | generic loop "
+            f"{res['generic']:7.0f} tok/s | model.generate {res['generate']:7.0f} tok/s | fast/generate "
+            f"{res['fast/generate']:.2f}x | generic/generate {res['generic/generate']:.2f}x | "
+            f"fast/generic {res['fast/generic']:.2f}x | same samples fast vs generic: "
+            f"{'yes' if res['same_samples'] else 'NO'} | load avg {load.loadavg[0]:.1f}->{load.loadavg[1]:.1f}, "
+            f"other processes used {load.other_cores:.2f} of {os.cpu_count()} cores"
         )
 
 

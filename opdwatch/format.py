@@ -7,10 +7,13 @@ version of this module; keep the two in step.
       rollouts/step=000012/rank=00003/val.parquet   # one row per rollout
       tokens/step=000012/rank=00003/train.parquet   # one row per response token (may be thinned)
       events/rank=00000.jsonl                       # append-only, one JSON object per line
+      compacted/steps=000000-000499/                # format 1.1: finished steps rewritten into segments
 
 Partitions are hive style (``key=value``) by step and writer rank, so ranks write without coordinating
 and readers pick up a new step by listing one more directory. Every Parquet file is written under a
 hidden name (``.name.tmp-<pid>``) and renamed into place, so a file either exists whole or not at all.
+Format 1.1 adds compacted segments (:mod:`opdwatch.segments`, :mod:`opdwatch.compaction`): a committed
+segment supersedes the step partitions of its step range; a run without ``compacted/`` is a 1.0 run.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pyarrow as pa
 
 FORMAT_NAME = "opdwatch-run"
 FORMAT_VERSION = 1
+FORMAT_MINOR = 1  # 1.1: compacted segments; the manifest keeps format_version 1 (see docs/run-format.md)
 MANIFEST = "manifest.json"
 TABLES = ("steps", "rollouts", "tokens")
 EVENTS_DIR = "events"

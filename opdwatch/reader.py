@@ -43,6 +43,7 @@ from opdwatch.run_files import (
     step_files,
 )
 from opdwatch.run_source import RunFacts
+from opdwatch.segments import Coverage, Segment, list_segments, scan_part_rows
 from opdwatch.step_table import RolloutFiles, StepFacts, StepTable, StepWarnings, read_table
 
 
@@ -55,14 +56,30 @@ class Run(RunFacts):
         self._parts: dict[str, list[Part]] = {}
         self._meta_cache: dict[tuple[str, int, int], Part | None] = {}
         self._step_warnings = StepWarnings()
+        self.segments: list[Segment] = []
         self.refresh()
 
     # ------------------------------------------------------------------------------- listing
     def refresh(self) -> Run:
-        """Re-read the manifest and the file list (cheap: footers of files already seen are cached)."""
+        """Re-read the manifest and the file list (cheap: footers of files already seen are cached).
+
+        Compacted segments (format 1.1, :mod:`opdwatch.segments`) supersede the step partitions they cover:
+        the step partitions are listed first and the segments after, so a compaction committing meanwhile
+        cannot hide rows (it deletes nothing before its commit); the footers of partitions already covered
+        are not read at all."""
         self.manifest = read_run_manifest(self.path)
+        while True:
+            before = list_segments(self.path)
+            listed = {table: self._list(table, Coverage(before)) for table in TABLES}
+            segments = list_segments(self.path)
+            if {s.path for s in before} <= {s.path for s in segments}:
+                break  # else a segment was retired meanwhile (a resume un-compacting): list again
+        coverage = Coverage(segments)
         for table in TABLES:
-            self._parts[table] = self._list(table)
+            parts = [p for p in listed[table] if p.step not in coverage]
+            parts += [p for seg in segments for p in seg.parts(table)]
+            self._parts[table] = sorted(parts, key=part_order)
+        self.segments = segments
         return self
 
     def parts(self, table: str, *, min_step: int | None = None) -> list[Part]:
@@ -72,9 +89,11 @@ class Run(RunFacts):
         parts = self._parts[table]
         return parts if min_step is None else [p for p in parts if p.step >= min_step]
 
-    def _list(self, table: str) -> list[Part]:
+    def _list(self, table: str, covered: Coverage) -> list[Part]:
         out = []
-        for _, directory in step_dirs(self.path / table):
+        for step, directory in step_dirs(self.path / table):
+            if step in covered:
+                continue
             for path, (size, mtime) in step_files(directory).items():
                 key = (str(path), size, mtime)
                 if key not in self._meta_cache:  # a file version's footer is read (and warned about) once
@@ -82,7 +101,6 @@ class Run(RunFacts):
                 part = self._meta_cache[key]
                 if part is not None:
                     out.append(part)
-        out.sort(key=part_order)
         return out
 
     # ------------------------------------------------------------------------------- tables
@@ -154,7 +172,7 @@ def scan_parts(parts: list[Part], table: str) -> pl.LazyFrame:
     schema = TABLE_SCHEMAS[table]
     if not parts:
         return pl.LazyFrame(schema=schema)
-    return scan_files([p.path for p in parts], schema)
+    return scan_part_rows(parts, schema)
 
 
 # Re-exported: the reader's public names from before they moved to their own modules.

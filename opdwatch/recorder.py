@@ -14,6 +14,7 @@ step's metrics row as Parquet partitions of the run directory (format: docs/run-
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import uuid
@@ -28,6 +29,7 @@ from opdwatch import _tables, aggregates
 from opdwatch import run_dir as run_dir_ops
 from opdwatch._ragged import flatten, offsets_from_lengths, per_rollout, to_numpy
 from opdwatch.atomic import write_parquet
+from opdwatch.background_compaction import BackgroundCompactor
 from opdwatch.errors import OpdwatchError
 from opdwatch.format import (
     EVENT_KINDS,
@@ -41,8 +43,25 @@ from opdwatch.format import (
     part_path,
 )
 from opdwatch.manifest import new_manifest, read_manifest, write_manifest
-from opdwatch.metric_defs import ROLLOUT_COUNT, Columns
-from opdwatch.rollout_fields import derive_fields
+from opdwatch.metric_defs import (
+    ADV_REGULAR_MEAN,
+    ADV_REPETITIVE_MEAN,
+    ADV_TAIL_MEAN,
+    EOS_ADVANTAGE_MEAN,
+    LOOP_RATE,
+    NGRAM_REPEAT_SHARE,
+    REPETITION_RATE,
+    REPETITIVE_SHARE,
+    ROLLOUT_COUNT,
+    TAIL_SHARE,
+    ZLIB_TAIL_RATIO_MEAN,
+    Columns,
+)
+from opdwatch.rollout_fields import RolloutFields, derive_fields
+
+# Step metrics computed from the derived fields: unknown (NaN) for a step whose derivation failed
+UNDERIVED_METRICS = (REPETITION_RATE, LOOP_RATE, ZLIB_TAIL_RATIO_MEAN, REPETITIVE_SHARE, NGRAM_REPEAT_SHARE,
+                     TAIL_SHARE, ADV_REPETITIVE_MEAN, ADV_REGULAR_MEAN, ADV_TAIL_MEAN, EOS_ADVANTAGE_MEAN)
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,13 @@ class RecorderSettings:
     # step, rank and rollout, so reruns thin identically). Rollout rows and step metrics stay exact.
     token_every_k_steps: int = 1
     token_rollout_fraction: float = 1.0
+    # An exception while deriving the health fields is recorded as an error event and the rows are written
+    # without them (NaN health metrics); strict re-raises instead (tests, CI). See opdwatch.alerts.boundary.
+    strict: bool = False
+    # Compaction (docs/run-format.md, format 1.1; rank 0): a background pass every k steps rewrites the final
+    # steps' small files into large segments (0: never), and one more pass on close if compact_on_close.
+    compact_every_steps: int = 0
+    compact_on_close: bool = False
 
     def validate(self) -> None:
         # The one place these bounds live: the trainer's `recorder:` section is this class (trainer/config.py).
@@ -71,6 +97,8 @@ class RecorderSettings:
             raise OpdwatchError("ngram_n, loop_min_run and token_every_k_steps must be >= 1")
         if not 0.0 <= self.token_rollout_fraction <= 1.0:
             raise OpdwatchError(f"token_rollout_fraction must be in [0, 1], got {self.token_rollout_fraction}")
+        if self.compact_every_steps < 0:
+            raise OpdwatchError(f"compact_every_steps must be >= 0, got {self.compact_every_steps}")
 
 
 class Recorder:
@@ -87,7 +115,11 @@ class Recorder:
         self._chunks: dict[tuple[int, str], int] = {}          # (step, phase) -> files written
         self._partials: dict[tuple[int, str], aggregates.Partials] = {}
         self._extra: dict[tuple[int, str], dict[str, float]] = {}
+        self._underived: dict[tuple[int, str], bool] = {}  # (step, phase) whose derived fields failed
+        self._guard: Any = None  # opdwatch.alerts.boundary.Boundary, made at the first failure
         self._closed = False
+        self._compactor = BackgroundCompactor(run_dir, every_steps=settings.compact_every_steps,
+                                              on_close=settings.compact_on_close) if rank == 0 else None
 
     # ----------------------------------------------------------------------------------- lifecycle
     @classmethod
@@ -145,6 +177,8 @@ class Recorder:
         if self.rank == 0:
             self.manifest["status"] = status
             write_manifest(self.run_dir, self.manifest)
+        if self._compactor is not None:
+            self._compactor.close()  # after the status: a finished one-rank run is final everywhere
 
     def __enter__(self) -> Recorder:
         return self
@@ -216,7 +250,10 @@ class Recorder:
         if bad := sorted({s for s in sources if s not in SOURCES}):
             raise OpdwatchError(f"source must be one of {SOURCES}, got {bad[:3]}")
 
-        f = derive_fields(ids, offsets, texts, reasons, ends, self.settings, self._eos_ids)
+        try:
+            f = derive_fields(ids, offsets, texts, reasons, ends, self.settings, self._eos_ids)
+        except Exception as exc:  # never hurt the run: record the error, write the rows without health fields
+            f = self._underived_fields(exc, (int(step), phase), lens, reasons)
         correct_list = per_rollout("correct", correct, count, None)
         correct_f = np.array([np.nan if c is None else float(bool(c)) for c in correct_list], dtype=np.float64)
         # Columns by metric_defs name; one Columns serves the step partials and the per-rollout means, so
@@ -271,6 +308,8 @@ class Recorder:
                           stats_columns=["step", "rank", "rollout", "position"])
 
         result = aggregates.finalize(self._partials[key])
+        if key in self._underived:
+            result.update(dict.fromkeys(UNDERIVED_METRICS, math.nan))
         # time/record: this call alone on this rank (derive fields, write Parquet); the trainer's whole recording
         # phase (decoding, offsets, the all-reduce) is its own time/record_total
         result["time/record"] = time.perf_counter() - t0
@@ -305,6 +344,8 @@ class Recorder:
         if self.manifest.get("last_step") is None or step > self.manifest["last_step"]:
             self.manifest["last_step"] = int(step)
         write_manifest(self.run_dir, self.manifest)
+        if self._compactor is not None:
+            self._compactor.after_step(int(step))
 
     def event(self, kind: str, *, step: int | None = None, message: str = "", **data: Any) -> dict[str, Any]:
         """Append an event (warning, alarm, intervention, checkpoint, error, ...) to this rank's log."""
@@ -327,9 +368,27 @@ class Recorder:
 
     def _forget_before(self, step: int) -> None:
         # Keep a few recent steps so late log_metrics calls still merge; older state is dropped.
-        for store in (self._extra, self._partials, self._chunks):
+        for store in (self._extra, self._partials, self._chunks, self._underived):
             for key in [k for k in store if k[0] < step - 2]:
                 del store[key]
+
+    def _underived_fields(self, exc: Exception, key: tuple[int, str], lens: np.ndarray,
+                          reasons: list[str]) -> RolloutFields:
+        """After ``derive_fields`` raised: an ``error`` event (printed once), and fields that say "unknown"
+        (NaN ratios, nothing flagged) so the rows are still written; the step's metrics that depend on them
+        become NaN (:data:`UNDERIVED_METRICS`). Re-raises when ``settings.strict``."""
+        from opdwatch.alerts.boundary import Boundary  # only on a failure
+
+        self._guard = self._guard or Boundary(self, strict=self.settings.strict)
+        if not self._guard.caught("recorder derived fields", exc, step=key[0]):
+            raise exc
+        self._underived[key] = True
+        n, r = int(lens.sum()), len(lens)
+        none = np.zeros(n, dtype=bool)
+        return RolloutFields(truncated=np.array([x == "length" for x in reasons], dtype=bool),
+                             tail_ratio=np.full(r, np.nan), repetitive=np.zeros(r, dtype=bool),
+                             seq_rep=np.full(r, np.nan), loop_onset=np.full(r, -1, dtype=np.int64),
+                             rep_ngram=none, rep_tail=none.copy(), eos=none.copy())
 
     def _token_keep(self, step: int, rollout_idx: np.ndarray) -> np.ndarray:
         s = self.settings

@@ -21,6 +21,7 @@ from plotly.offline import get_plotlyjs
 from opdwatch import plots
 from opdwatch._version import __version__
 from opdwatch.analysis import LATEST, RunAnalysis
+from opdwatch.comparison import cell_text, comparison_rows, shown_columns
 from opdwatch.drilldown import first_repetitive_rollouts, rollout_tokens
 from opdwatch.episodes import spans
 from opdwatch.errors import OpdwatchError
@@ -43,6 +44,8 @@ def render_report(analyses: Sequence[RunAnalysis]) -> str:
     onsets = {a.label: a.onset.step for a in analyses}
     episodes = {a.label: spans(a.verdict.episodes) for a in analyses}
     body = [_summary_table(analyses)]
+    if len(analyses) > 1:
+        body.append(_comparison_table(analyses))
     for fig_id, heading, fn in OVERLAYS:
         body.append(_section(fig_id, heading, [fn(series, events=events, onsets=onsets, episodes=episodes)]))
     body.append(_section("fig-length-distribution", "Response-length distribution",
@@ -136,6 +139,17 @@ def _summary_table(analyses: Sequence[RunAnalysis]) -> str:
     return (f"<section id='summary'><h2>Summary</h2><table><tr>{head}</tr>{''.join(rows)}</table>"
             f"<h3>Latest health metrics</h3><table><tr><th>metric</th>{metric_head}</tr>{''.join(metric_rows)}"
             "</table></section>")
+
+
+def _comparison_table(analyses: Sequence[RunAnalysis]) -> str:
+    """The arms side by side, one row each, as in the paper's Table 2 (opdwatch.comparison)."""
+    rows = comparison_rows(analyses)
+    columns = shown_columns(rows)
+    head = "".join(f"<th>{_e(h)}</th>" for _, h in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_e(cell_text(r, k))}</td>" for k, _ in columns) + "</tr>" for r in rows)
+    return (f"<section id='comparison'><h2>Comparison (Table 2 layout)</h2><table><tr>{head}</tr>{body}</table>"
+            "<p class='note'>Validation accuracy: first, last and best validation (with its step); greedy when the run "
+            "also validated greedily. Peak truncation: the largest train rollout truncation rate.</p></section>")
 
 
 def _events_table(analyses: Sequence[RunAnalysis]) -> str:

@@ -26,7 +26,14 @@ def wait_for_manifest(run_dir: Path, timeout: float = 120.0) -> dict[str, Any]:
 
 
 def drop_after(run_dir: Path, rank: int, step: int) -> None:
-    """Remove this rank's table files and events of steps after ``step`` (they are about to be redone)."""
+    """Remove this rank's table files and events of steps after ``step`` (they are about to be redone).
+
+    Rank 0 first un-compacts every segment holding steps after ``step`` (:func:`opdwatch.compaction.
+    uncompact_after`, for all ranks: every rank resumes from the same step)."""
+    if rank == 0:
+        from opdwatch.compaction import uncompact_after  # compaction reads through the analysis layer
+
+        uncompact_after(run_dir, step)
     for table in TABLES:
         for path in (run_dir / table).glob("step=*/rank=*/*.parquet"):
             parsed = parse_part(path)

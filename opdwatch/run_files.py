@@ -45,11 +45,30 @@ class Part:
     phase: str            # "train" or "val" (chunk suffixes like "train-1" are folded in)
     columns: tuple[str, ...]
     num_rows: int
+    # Rows of the whole file when this Part is one (step, rank, phase) slice of a compacted segment's file
+    # (opdwatch.segments); None: the Part is the whole file. Scan Parts with segments.scan_part_rows.
+    file_rows: int | None = None
+
+
+# Arrow types -> the polars dtypes they read as, for the types our tables use. polars' own conversion
+# (pl.from_arrow) imports pandas, 0.3 s of every command's start-up; other types still go through it.
+_POLARS_TYPES: dict[pa.DataType, pl.DataType] = {
+    pa.int64(): pl.Int64(), pa.int32(): pl.Int32(), pa.int16(): pl.Int16(), pa.int8(): pl.Int8(),
+    pa.uint64(): pl.UInt64(), pa.uint32(): pl.UInt32(), pa.float64(): pl.Float64(), pa.float32(): pl.Float32(),
+    pa.bool_(): pl.Boolean(), pa.string(): pl.String(), pa.large_string(): pl.String(),
+    pa.string_view(): pl.String(), pa.null(): pl.Null(),
+}
 
 
 def polars_schema(schema: pa.Schema) -> pl.Schema:
     """The polars dtypes an Arrow schema reads as."""
-    return pl.DataFrame(schema.empty_table()).schema
+    out = {}
+    for f in schema:
+        t = f.type.value_type if pa.types.is_dictionary(f.type) else f.type
+        if t not in _POLARS_TYPES or (t != f.type and pl.String() == _POLARS_TYPES[t]):  # categoricals
+            return pl.DataFrame(schema.empty_table()).schema
+        out[f.name] = _POLARS_TYPES[t]
+    return pl.Schema(out)
 
 
 # The polars schemas the readers scan the rollout and token tables in; step metrics are open (see STEP_KEYS).

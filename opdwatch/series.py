@@ -31,10 +31,9 @@ from typing import Any
 import polars as pl
 
 from opdwatch import metric_defs
-from opdwatch.format import ROLLOUT_SCHEMA, TOKEN_SCHEMA
-from opdwatch.reader import scan_files
-from opdwatch.run_files import Part
+from opdwatch.run_files import TABLE_SCHEMAS, Part
 from opdwatch.run_source import RunSource
+from opdwatch.segments import ROLLOUT_AGGREGATES, TOKEN_AGGREGATES, precomputed, scan_part_rows
 from opdwatch.text import plural
 
 # Columns computed here from the token table (train phase) and the rollout table (both phases), in display
@@ -43,8 +42,9 @@ TOKEN_SERIES = tuple(d.key for d in metric_defs.TOKEN_METRICS)
 ROLLOUT_SERIES = tuple(d.key for d in metric_defs.ROLLOUT_METRICS)
 TOKEN_SOURCE = "token_source"  # per step: "tokens" | "step_metrics" | "tokens_partial" | null
 _ROLLOUT_TOKENS = "rollout/tokens"  # not a metric: response tokens per step, to check token-table completeness
-_TOKEN_PL_SCHEMA = pl.Schema(pl.from_arrow(TOKEN_SCHEMA.empty_table()).schema)
-_ROLLOUT_PL_SCHEMA = pl.Schema(pl.from_arrow(ROLLOUT_SCHEMA.empty_table()).schema)
+_ROLLOUT_ROWS = "rollout_rows"  # rows aggregated (a compacted segment's sidecar is used only for the same rows)
+_TOKEN_PL_SCHEMA = TABLE_SCHEMAS["tokens"]  # no pl.from_arrow: it imports pandas
+_ROLLOUT_PL_SCHEMA = TABLE_SCHEMAS["rollouts"]
 # metric_defs columns a table stores in another form (stored column, expression): a rollout loops when it
 # has a loop onset.
 _STORED = {"looping": ("loop_onset", pl.col("loop_onset").is_not_null())}
@@ -141,28 +141,36 @@ def token_aggregates(parts: list[Part], *, progress: Progress | None = None) -> 
     for part in parts:
         if part.phase == "train":
             by_step.setdefault(part.step, []).append(part)
-    total = sum(p.num_rows for files in by_step.values() for p in files)
     schema = {"step": pl.Int64, **{c: pl.Float64 for c in TOKEN_SERIES}, "token_rows": pl.UInt32}
     if not by_step:
         return pl.DataFrame(schema=schema)
     out, done = [], 0
-    for batch in _batches(sorted(by_step.items()), total):
-        queries = [token_query(scan_files([p.path for p in files], _TOKEN_PL_SCHEMA))
+    # compacted steps: their segment's sidecar holds these very aggregates, computed from the files it replaced
+    stored, served = precomputed(by_step, TOKEN_AGGREGATES, "token_rows")
+    if stored is not None:
+        out.append(stored.select(pl.col(c).cast(dtype) for c, dtype in schema.items()))
+        by_step = {s: files for s, files in by_step.items() if s not in served}
+    total = sum(p.num_rows for files in by_step.values() for p in files)
+    for batch in _batches(sorted(by_step.items()), total) if by_step else []:
+        queries = [token_query(scan_part_rows(files, _TOKEN_PL_SCHEMA))
                    .with_columns(pl.lit(step, dtype=pl.Int64).alias("step")) for step, files in batch]
         out.append(pl.concat(queries).collect(engine="streaming"))
         done += sum(p.num_rows for _, files in batch for p in files)
         if progress is not None:
             progress(done, total)
-    frame = pl.concat(out).sort("step")
-    return frame.select(pl.col(c).cast(dtype) for c, dtype in schema.items())
+    frame = pl.concat([f.select(pl.col(c).cast(dtype) for c, dtype in schema.items()) for f in out]).sort("step")
+    return frame
 
 
 def token_query(tokens: pl.LazyFrame) -> pl.LazyFrame:
     """The token aggregates of all rows of ``tokens`` (one step's token-table scan) as a one-row lazy query."""
-    return tokens.select(_TOKEN_COLUMNS).select(
-        *(metric_expr(d, _TOKEN_PL_SCHEMA) for d in metric_defs.TOKEN_METRICS),
-        pl.len().alias("token_rows"),
-    )
+    if not _TOKEN_EXPRS:  # built once: on a 2,000-step run, building them per step cost more than the query
+        _TOKEN_EXPRS.extend([*(metric_expr(d, _TOKEN_PL_SCHEMA) for d in metric_defs.TOKEN_METRICS),
+                             pl.len().alias("token_rows")])
+    return tokens.select(_TOKEN_COLUMNS).select(*_TOKEN_EXPRS)
+
+
+_TOKEN_EXPRS: list[pl.Expr] = []
 
 
 def metric_expr(d: metric_defs.MetricDef, schema: pl.Schema) -> pl.Expr:
@@ -199,14 +207,29 @@ def _column(name: str) -> pl.Expr:
 def rollout_aggregates(run: RunSource, *, phase: str = "train") -> pl.DataFrame:
     """Per-step rollout aggregates of one phase: :data:`ROLLOUT_SERIES` plus ``rollout/tokens`` (the
     response tokens of the step's rollouts, to check token-table completeness)."""
-    if not any(p.phase == phase for p in run.parts("rollouts")):
-        return pl.DataFrame(schema={"step": pl.Int64, **{c: pl.Float64 for c in ROLLOUT_SERIES},
-                                    _ROLLOUT_TOKENS: pl.Float64})
-    rollouts = _scan_rollouts(run, phase)
+    schema = {"step": pl.Int64, **{c: pl.Float64 for c in ROLLOUT_SERIES}, _ROLLOUT_TOKENS: pl.Float64}
+    parts = [p for p in run.parts("rollouts") if p.phase == phase]
+    if not parts:
+        return pl.DataFrame(schema=schema)
+    by_step: dict[int, list[Part]] = {}
+    for part in parts:
+        by_step.setdefault(part.step, []).append(part)
+    # compacted steps: their segment's sidecar holds these very aggregates, computed from the files it replaced
+    stored, served = precomputed(by_step, ROLLOUT_AGGREGATES, _ROLLOUT_ROWS, phase=phase)
+    frames = [] if stored is None else [stored]
+    rest = [p for p in parts if p.step not in served]
+    if rest:
+        frames.append(rollout_query(scan_part_rows(rest, _ROLLOUT_PL_SCHEMA)).collect(engine="streaming"))
+    return pl.concat([f.select(pl.col(c).cast(t) for c, t in schema.items()) for f in frames]).sort("step")
+
+
+def rollout_query(rollouts: pl.LazyFrame) -> pl.LazyFrame:
+    """Per-step rollout aggregates of these rollout rows, plus ``rollout/tokens`` and the row count."""
     return rollouts.select(_ROLLOUT_COLUMNS).group_by("step").agg(
         *(metric_expr(d, _ROLLOUT_PL_SCHEMA) for d in metric_defs.ROLLOUT_METRICS),
         pl.col("num_tokens").cast(pl.Float64).sum().alias(_ROLLOUT_TOKENS),
-    ).collect(engine="streaming").sort("step")
+        pl.len().alias(_ROLLOUT_ROWS),
+    )
 
 
 def length_distribution(run: RunSource, *, phase: str = "train") -> pl.DataFrame:
@@ -231,10 +254,10 @@ def length_quantiles(lengths: pl.DataFrame, quantiles: tuple[float, ...] = (0.1,
 # ---------------------------------------------------------------------------------------------- helpers
 def _scan_rollouts(run: RunSource, phase: str) -> pl.LazyFrame:
     """The rollout rows of one phase, scanning only that phase's files (the file name is the phase)."""
-    files = [p.path for p in run.parts("rollouts") if p.phase == phase]
+    files = [p for p in run.parts("rollouts") if p.phase == phase]
     if not files:
         return pl.LazyFrame(schema=_ROLLOUT_PL_SCHEMA)
-    return scan_files(files, _ROLLOUT_PL_SCHEMA)
+    return scan_part_rows(files, _ROLLOUT_PL_SCHEMA)
 
 
 def _metric_rows(metrics: pl.DataFrame, phase: str, *, prefix: str) -> pl.DataFrame:

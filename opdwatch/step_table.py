@@ -46,7 +46,8 @@ import polars as pl
 
 from opdwatch import metric_defs
 from opdwatch.metric_defs import TRUNCATION_RATE
-from opdwatch.run_files import STEP_KEYS, TABLE_SCHEMAS, Part, StepTableWarning, scan_files, skipped
+from opdwatch.run_files import STEP_KEYS, TABLE_SCHEMAS, Part, StepTableWarning, skipped
+from opdwatch.segments import scan_part_rows
 from opdwatch.text import named, plural
 
 FILE, HOME = "__file__", "__home__"  # a raw row's file (absolute path) and that file's step folder
@@ -219,9 +220,11 @@ def read_rows(parts: list[Part]) -> pl.DataFrame:
     schema = row_schema(parts)
     if not parts:
         return pl.DataFrame(schema=schema | {FILE: pl.String(), HOME: pl.Int64()})
-    frame = scan_files([p.path for p in parts], schema, file_column=FILE).collect()
-    home = {os.path.abspath(p.path): p.step for p in parts}
-    return frame.with_columns(pl.col(FILE).replace_strict(home, return_dtype=pl.Int64).alias(HOME))
+    frame = scan_part_rows(parts, schema, file_column=FILE).collect()
+    home = {os.path.abspath(p.path): p.step for p in parts if p.file_rows is None}
+    # a compacted segment holds only rows in their own step's folder (opdwatch.compaction): home = step
+    return frame.with_columns(pl.col(FILE).replace_strict(home, default=None, return_dtype=pl.Int64)
+                              .fill_null(pl.col("step")).alias(HOME))
 
 
 def read_table(parts: list[Part], *, root: str | os.PathLike[str] | None = None,
@@ -250,7 +253,7 @@ def rollout_truncation(parts: list[Part]) -> pl.DataFrame:
 
     schema = TABLE_SCHEMAS["rollouts"]
     spec = next(d for d in metric_defs.ROLLOUT_METRICS if d.key == TRUNCATION_RATE)
-    return (scan_files([p.path for p in parts], schema).select("step", spec.source)
+    return (scan_part_rows(parts, schema).select("step", spec.source)
             .group_by("step").agg(metric_expr(spec, schema)).collect())
 
 

@@ -164,6 +164,7 @@ def test_demo_model_build_removes_dead_builds_only(tmp_path, dead_pid, monkeypat
         (out_dir / "config.json").write_text("{}")
 
     monkeypatch.setattr(demo_teacher, "build_demo_model", fake_build)
+    monkeypatch.setattr(demo_teacher, "SHIPPED_DIR", tmp_path / "no-shipped-models")  # so that it builds
     final = demo_teacher.ensure_demo_model(config, "student")
     assert (final / "config.json").exists()
     assert built and built[0].startswith(f".student.tmp-{os.getpid()}-")

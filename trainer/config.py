@@ -244,6 +244,9 @@ class ValConfig:
     num_prompts: int = 128  # held-out prompts per validation
     temperature: float = 1.0  # sampled, like the paper's avg@k
     max_new_tokens: int = 128  # generation budget
+    # also validate greedily on the same prompts (val/greedy/accuracy, val/greedy/truncation_rate in the val row):
+    # a student can lose sampled accuracy (its distribution spreads) while its mode stays right
+    greedy_too: bool = False
 
     def validate(self) -> None:
         _check(self.every >= 0 and self.num_prompts >= 1, "every must be >= 0 and num_prompts >= 1")
@@ -266,6 +269,26 @@ def _recorder_default() -> RecorderSettings:
     # default, for real models) would never fill: the trainer defaults to the window and threshold its presets
     # use (golden texts have zlib ratio >= 0.89, verbatim loops 0.29-0.31).
     return RecorderSettings(tail_window=64, tail_threshold=0.5)
+
+
+PROBE_CHUNKS = ("line", "sentence", "window")  # keys of opdwatch.probe.counterfactual.CHUNKERS
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    # In-run probe of the loop incentive (trainer/loop/probe.py, docs/probe.md): probe/... step metrics
+    every: int = 0  # score the probe set every N OPD steps; 0 = off
+    num_prompts: int = 16  # validation prompts whose golden solutions make the fixed probe set
+    copies: int = 4  # occurrences of each response's last chunk in its loop (its own, then copies - 1 repeats)
+    chunk: str = "sentence"  # what repeats: the last line | sentence | window of `window` tokens
+    window: int = 8  # window chunk length (and the fallback when a response has no sentence end)
+    batch_size: int = 16  # probe rows per forward
+
+    def validate(self) -> None:
+        _check(self.every >= 0 and self.num_prompts >= 1 and self.batch_size >= 1 and self.window >= 1,
+               "every must be >= 0; num_prompts, batch_size and window >= 1")
+        _check(self.copies >= 2, f"copies={self.copies}: must be >= 2")
+        _check(self.chunk in PROBE_CHUNKS, f"chunk={self.chunk!r}: one of {', '.join(PROBE_CHUNKS)}")
 
 
 @dataclass(frozen=True)
@@ -293,6 +316,7 @@ class TrainConfig:
     # early-warning detector + interventions (docs/detector.md); mode off | warn | act
     watch: WatchConfig = field(default_factory=WatchConfig)
     log: LogConfig = field(default_factory=LogConfig)  # metric loggers (wandb)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)  # in-run probe of the loop incentive (docs/probe.md)
 
     @property
     def run_dir(self) -> Path:

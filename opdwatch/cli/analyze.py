@@ -16,6 +16,7 @@ from rich.table import Table
 
 from opdwatch import jsonout
 from opdwatch.analysis import LATEST, RunAnalysis, analyze_run, open_checked, unique_labels
+from opdwatch.comparison import compact_cells, comparison_rows
 from opdwatch.step_table import collapse_text
 from opdwatch.terminal import console, plain, shown
 
@@ -71,7 +72,8 @@ def handle(args: argparse.Namespace) -> int:
     if args.json:
         if report is not None:  # stdout is the JSON; where the file went is said beside it
             print(f"report: {plain(report)}", file=sys.stderr)
-        print(jsonout.dumps({"runs": summaries, "report": None if report is None else str(report)}))
+        print(jsonout.dumps({"runs": summaries, "comparison": comparison_rows(analyses),
+                             "report": None if report is None else str(report)}))
         return 0
     con = console()
     for s in summaries:
@@ -81,9 +83,22 @@ def handle(args: argparse.Namespace) -> int:
         for reason in s["reasons"]:
             con.print(f"  - {plain(reason)}", highlight=False, markup=False)
         con.print(f"  {plain(s['token_series'])}", style="dim", markup=False)
+    if len(analyses) > 1:
+        con.print(comparison_table(comparison_rows(analyses)))
     if report is not None:
         con.print(f"report: {plain(report)}", markup=False, soft_wrap=True)
     return 0
+
+
+def comparison_table(rows: list[dict]) -> Table:
+    """The arms side by side, one row each (the layout of the paper's Table 2; the report has every column)."""
+    headings, cells = compact_cells(rows)
+    table = Table(title="comparison (Table 2 layout)")
+    for heading in headings:
+        table.add_column(heading, justify="left" if heading in ("arm", "verdict") else "right")
+    for row in cells:
+        table.add_row(*(shown(c) for c in row))
+    return table
 
 
 def _table(s: dict) -> Table:

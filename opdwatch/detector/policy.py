@@ -106,13 +106,7 @@ class InterventionPolicy:
         escalation = state.level == "alarm" and self._last_raise_level != "alarm"
         if in_cooldown and not (escalation and s.escalate_bypasses_cooldown):
             return []
-        raises = s.alarm_raises if state.level == "alarm" else 1
-        new_beta, new_alpha = beta, alpha
-        for _ in range(raises):
-            if s.raise_beta:
-                new_beta = min(s.beta_max, s.beta_floor if new_beta < s.beta_floor else new_beta * s.beta_factor)
-            if s.raise_alpha:
-                new_alpha = min(s.alpha_max, s.alpha_floor if new_alpha < s.alpha_floor else new_alpha * s.alpha_factor)
+        new_beta, new_alpha = raise_targets(s, state.level, beta, alpha)
         decisions: list[Decision] = []
         cause = state.evidence[0].signal if state.evidence else state.reason or "no signal fired"
         if (new_beta, new_alpha) != (beta, alpha):
@@ -145,6 +139,23 @@ class InterventionPolicy:
         self._last_raise_level = "ok"
         return Decision(step, "relax", new_beta if new_beta != beta else None,
                         new_alpha if new_alpha != alpha else None, reason)
+
+
+def raise_targets(s: PolicySettings, level: str, beta: float, alpha: float) -> tuple[float, float]:
+    """The knobs after the raise a ``level`` (warning or alarm) calls for: the policy's ladder, which the
+    alerts also quote as the recommended next values (opdwatch.alerts.recommend)."""
+    new_beta, new_alpha = float(beta), float(alpha)
+    for _ in range(s.alarm_raises if level == "alarm" else 1):
+        if s.raise_beta:
+            new_beta = min(s.beta_max, s.beta_floor if new_beta < s.beta_floor else new_beta * s.beta_factor)
+        if s.raise_alpha:
+            new_alpha = min(s.alpha_max, s.alpha_floor if new_alpha < s.alpha_floor else new_alpha * s.alpha_factor)
+    return new_beta, new_alpha
+
+
+def describe_change(beta: float, alpha: float, new_beta: float, new_alpha: float) -> str:
+    """``beta 0->0.1, alpha 0->0.5``: the changed knobs (the text of decisions and of alert recommendations)."""
+    return _change(beta, alpha, new_beta, new_alpha)
 
 
 def _change(beta: float, alpha: float, new_beta: float, new_alpha: float) -> str:

@@ -1,4 +1,5 @@
-"""Settings of the early-warning detector, the intervention policy, the alert sinks and the trainer hook.
+"""Settings of the early-warning detector, the intervention policy, the alert sinks and the trainer hook
+(the alert channels' own sections are opdwatch.alerts.settings).
 
 All frozen dataclasses with defaults, one comment per field; docs/detector.md explains how they were chosen
 and how to tune them (``opdwatch detect RUN_DIR --set key=value`` replays a recorded run with other values).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from opdwatch.alerts.settings import AlertsConfig
 from opdwatch.config_tree import with_overrides
 from opdwatch.detector.signals import DEFAULT_SIGNALS, SIGNALS
 from opdwatch.errors import OpdwatchError
@@ -142,6 +144,10 @@ class WatchConfig:
     detector: DetectorSettings = field(default_factory=DetectorSettings)  # the detector
     policy: PolicySettings = field(default_factory=PolicySettings)  # interventions in "act" mode
     wandb: WandbSettings = field(default_factory=WandbSettings)  # optional wandb logging and alerts
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)  # console, webhook, Slack, e-mail (opdwatch.alerts)
+    # An exception in the detector, the policy or an alert is recorded as an error event and training goes on;
+    # strict re-raises it instead (tests, CI)
+    strict: bool = False
 
     def validate(self) -> None:
         """This section's own field; config_tree.validate_tree(config, "watch") checks the whole watch."""

@@ -20,10 +20,10 @@ for new steps' aggregates and for one rollout at a time. The step-metrics frame 
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 
@@ -38,6 +38,8 @@ from opdwatch.run_files import Part
 from opdwatch.run_source import RunFacts
 from opdwatch.step_table import HOME, StepFacts, StepTable, StepWarnings, read_rows, resolve
 from opdwatch.web_paths import Confinement, confine
+
+T = TypeVar("T")
 
 # Drill-down orders: the rollouts that matter for length inflation first.
 ROLLOUT_ORDERS = {
@@ -98,16 +100,18 @@ class LiveRun(RunFacts):
                 manifest_changed = self._read_manifest()
                 new_steps, dirty = self._index.update()
                 events_changed, restart = self._read_new_events()
+                if dirty and not restart:
+                    self._update_frames(dirty)
             except FileNotFoundError:
-                restart = True  # files vanished between listing and reading: a resume is dropping steps
+                # files vanished between listing and reading: a resume is dropping steps, or a compaction
+                # replaced them (its segment is listed on the reload)
+                restart = True
             if restart:
                 version = self.version
                 self._reset()
                 self.tick()
                 self.version = version + 1
                 return TickResult(new_steps=len(self._index.steps_seen()), changed=True, reloaded=True)
-            if dirty:
-                self._update_frames(dirty)
             self._loaded = True
             changed = manifest_changed or bool(dirty) or events_changed
             if changed:
@@ -210,7 +214,7 @@ class LiveRun(RunFacts):
 
         with self._lock:
             if self._series is None:
-                self._series = step_series(self.source())
+                self._series = self._current(lambda: step_series(self.source()))
             return self._series
 
     def lengths(self) -> pl.DataFrame:
@@ -219,7 +223,7 @@ class LiveRun(RunFacts):
 
         with self._lock:
             if self._lengths is None:
-                self._lengths = length_distribution(self.source())
+                self._lengths = self._current(lambda: length_distribution(self.source()))
             return self._lengths
 
     def step_table(self) -> StepTable:
@@ -255,23 +259,37 @@ class LiveRun(RunFacts):
     def step_rollouts(self, step: int, *, phase: str | None = None, order: str = "length",
                       with_text: bool = True) -> pl.DataFrame:
         """The rollouts of one step, ordered for the drill-down (see :data:`ROLLOUT_ORDERS`)."""
-        frame = scan_parts(self.table_parts("rollouts", step, phase), "rollouts")
-        if not with_text:
-            frame = frame.drop("text", "prompt_text")
-        return order_rollouts(frame.collect(), order)
+        def read() -> pl.DataFrame:
+            frame = scan_parts(self.table_parts("rollouts", step, phase), "rollouts")
+            return (frame if with_text else frame.drop("text", "prompt_text")).collect()
+
+        return order_rollouts(self._current(read), order)
 
     def rollout_tokens(self, step: int, *, rank: int, phase: str, rollout: int) -> pl.DataFrame:
         """One rollout's token rows with each token's ``text`` (``opdwatch.drilldown.rollout_tokens`` on
         this step's files only). Raises OpdwatchError when its token rows were not recorded."""
         from opdwatch.drilldown import rollout_tokens
 
-        return rollout_tokens(self.source([step]), step=step, rollout=rollout, rank=rank, phase=phase)
+        return self._current(lambda: rollout_tokens(self.source([step]), step=step, rollout=rollout, rank=rank,
+                                                    phase=phase))
 
     def prompt_history(self, prompt_id: str, *, phase: str | None = None) -> pl.DataFrame:
         """Every recorded rollout of one prompt across steps (no texts), to compare them step by step.
         Scans the rollout table (not the token table); only called on a click."""
-        frame = scan_parts(self.table_parts("rollouts", None, phase), "rollouts").drop("text", "prompt_text")
-        return frame.filter(pl.col("prompt_id") == prompt_id).collect().sort(["step", "phase", "sample_index"])
+        def read() -> pl.DataFrame:
+            frame = scan_parts(self.table_parts("rollouts", None, phase), "rollouts").drop("text", "prompt_text")
+            return frame.filter(pl.col("prompt_id") == prompt_id).collect()
+
+        return self._current(read).sort(["step", "phase", "sample_index"])
+
+    def _current(self, read: Callable[[], T]) -> T:
+        """``read()`` over the files of the last tick; if one of them is gone (a compaction replaced it, a
+        resume dropped it), tick and read again."""
+        try:
+            return read()
+        except FileNotFoundError:
+            self.tick()
+            return read()
 
 
 def order_rollouts(frame: pl.DataFrame, order: str = "length") -> pl.DataFrame:

@@ -29,6 +29,7 @@ from opdwatch.trainer.config import TrainConfig, config_to_dict
 from opdwatch.trainer.loop.checkpoint import checkpoint_state, continue_from, drop_recorded, restore, save_checkpoint
 from opdwatch.trainer.loop.components import Components, build_components, tokenizer_info
 from opdwatch.trainer.loop.controller import Controller, record_events
+from opdwatch.trainer.loop.probe import InRunProbe
 from opdwatch.trainer.loop.step import opd_step
 from opdwatch.trainer.loop.validation import run_validation
 from opdwatch.trainer.loop.watch import TrainerWatch, restore_healthy
@@ -90,6 +91,8 @@ def train(
     if ckpt is not None:
         restore(ckpt, components, optimizer, controller, sampler_rng, prompt_rng)
     start = 1 if ckpt is None else ckpt["step"] + 1
+    # probe/... step metrics every probe.every steps (trainer/loop/probe.py); it never changes the trajectory
+    probe = InRunProbe(config, components) if config.probe.every and env.is_main else None
 
     rec = Recorder.create(
         run_dir,
@@ -130,6 +133,10 @@ def train(
             if config.val.every and (step % config.val.every == 0 or step == config.opd.steps) and env.is_main:
                 summary.update(run_validation(config, components, engine, rec, step=step))
                 val_accuracy = summary["val/accuracy"]
+            if probe is not None and probe.due(step):
+                probed = probe(step)
+                rec.log_metrics(step, "train", probed)
+                summary.update(probed)
             summary = broadcast_object(summary, env)  # every rank's hook sees rank 0's global summary
             logger.log(step, summary)  # whatever watch.mode is
             watch(step, summary)  # may change beta/alpha for the next step

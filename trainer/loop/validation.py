@@ -83,6 +83,12 @@ def run_validation(
         metrics={"time/val": time.perf_counter() - t0},
         write_metrics=True,  # only rank 0 validates, so its metrics are the global ones
     )
-    return {
-        f"val/{key.split('/', 1)[1]}": value for key, value in summary.items() if key.startswith("rollout/")
-    }
+    out = {f"val/{key.split('/', 1)[1]}": value for key, value in summary.items() if key.startswith("rollout/")}
+    if config.val.greedy_too and config.val.temperature > 0:
+        greedy = validate(engine, components.tokenizer, examples, SamplingParams(0.0, 1.0, config.val.max_new_tokens))
+        extra = {"greedy/accuracy": sum(greedy.correct) / max(len(greedy.correct), 1),
+                 "greedy/truncation_rate": sum(r == "length" for r in greedy.batch.finish_reasons)
+                 / max(len(greedy.correct), 1)}
+        rec.log_metrics(step, "val", extra)  # read back as val/greedy/... in the step series
+        out.update({f"val/{key}": value for key, value in extra.items()})
+    return out

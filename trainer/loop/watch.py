@@ -11,7 +11,10 @@ detector (opdwatch/detector/watcher.py), which writes warnings/alarms/alerts int
 
 Every change and restore becomes an event on the controller, which the loop writes (one writer of
 interventions: opdwatch.detector.knobs.record_events); this hook writes nothing itself but the note that a
-resume starts afresh. The wandb run is the loop's (its logger), so alerts land where the step metrics are.
+resume starts afresh. The wandb run is the loop's (its logger), so alerts land where the step metrics are;
+the other channels are ``watch.alerts`` (opdwatch.alerts). Alerts quote the run's config (``opd.lr``) and name
+the checkpoint to roll back to. An exception inside the watch never stops training: it becomes an ``error``
+event and the step goes on (``watch.strict=true`` re-raises, for tests and CI).
 """
 
 from __future__ import annotations
@@ -42,8 +45,12 @@ class TrainerWatch:
                  run_name: str = "", restore: Restore | None = None) -> None:
         self.config = config
         self.recorder = recorder
+        run_dir = getattr(recorder, "run_dir", None)  # (tests hand over a bare event sink)
+        saved = None if run_dir is None else (
+            lambda: [int(p.name.split("-")[1]) for p in list_checkpoints(Path(run_dir))])
         self.watcher = Watcher(config, recorder=recorder, knobs=controller, logger=logger, run_name=run_name,
-                               restore=restore or _no_restore)
+                               restore=restore or _no_restore,
+                               run_config=getattr(recorder, "manifest", {}).get("config", {}), checkpoints=saved)
         self.last_state: DetectorState | None = None
 
     @property
@@ -62,7 +69,10 @@ class TrainerWatch:
         the watch is off (then there is nothing to continue: other ranks, or a run not being watched)."""
         if self.config.mode == "off":
             return None
-        return {"watcher": self.watcher.state_dict()}
+        state = None
+        with self.watcher.guard("watch state", None):  # a checkpoint without it resumes the watch afresh
+            state = {"watcher": self.watcher.state_dict()}
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from :meth:`state_dict`; raises a one-line OpdwatchError for a state from other

@@ -87,24 +87,54 @@ def _residual_linear(
     return x_BH + F.linear(a_BI, w_HI, b_H)
 
 
-class _Layer:
-    """References to one decoder layer's parameters (biases are None where the architecture has none)."""
+def _cat_biases(pairs: list[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor | None:
+    """The biases of stacked (weight, bias) pairs; None when none has one, zeros for those without in a mixed group."""
+    if all(b is None for _, b in pairs):
+        return None
+    return torch.cat([w.new_zeros(w.shape[0]) if b is None else b for w, b in pairs])
 
-    def __init__(self, layer: nn.Module):
+
+class _Layer:
+    """One decoder layer's parameters for a rollout batch: norms, o and down projections by reference; q/k/v and
+    gate/up concatenated (one GEMM each instead of five) when `fuse`, else by reference too.
+
+    The concatenations are fresh copies made at every `FastDecoder.start`, so an optimizer step between two batches
+    is seen by the next one; each output column of a GEMM is the same dot product whether or not the weights are
+    stacked, so fusing does not change a logit (measured: bit-equal).
+    """
+
+    def __init__(self, layer: nn.Module, fuse: bool):
         attn, mlp = layer.self_attn, layer.mlp
-        self.wq, self.bq = attn.q_proj.weight, attn.q_proj.bias
-        self.wk, self.bk = attn.k_proj.weight, attn.k_proj.bias
-        self.wv, self.bv = attn.v_proj.weight, attn.v_proj.bias
+        self.fuse = fuse
+        self.q_k_v = [(lin.weight, lin.bias) for lin in (attn.q_proj, attn.k_proj, attn.v_proj)]
+        self.gate_up = [(lin.weight, lin.bias) for lin in (mlp.gate_proj, mlp.up_proj)]
+        if fuse:
+            self.w_qkv = torch.cat([w for w, _ in self.q_k_v])
+            self.b_qkv = _cat_biases(self.q_k_v)
+            self.w_gu = torch.cat([w for w, _ in self.gate_up])
+            self.b_gu = _cat_biases(self.gate_up)
         self.wo, self.bo = attn.o_proj.weight, attn.o_proj.bias
-        self.wg, self.bg = mlp.gate_proj.weight, mlp.gate_proj.bias
-        self.wu, self.bu = mlp.up_proj.weight, mlp.up_proj.bias
         self.wd, self.bd = mlp.down_proj.weight, mlp.down_proj.bias
         self.norm1, self.eps1 = layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon
         self.norm2, self.eps2 = layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
 
+    def qkv(self, h_BE: torch.Tensor) -> torch.Tensor:
+        """(B, E) -> (B, (H + 2K) * D): the q, k and v projections side by side."""
+        if self.fuse:
+            return F.linear(h_BE, self.w_qkv, self.b_qkv)
+        return torch.cat([F.linear(h_BE, w, b) for w, b in self.q_k_v], dim=-1)
+
+    def silu_gate_up(self, h_BE: torch.Tensor) -> torch.Tensor:
+        """(B, E) -> (B, I): silu(gate(h)) * up(h)."""
+        if self.fuse:
+            gu_B2I = F.linear(h_BE, self.w_gu, self.b_gu)
+            inter = gu_B2I.shape[-1] // 2
+            return F.silu(gu_B2I[..., :inter]) * gu_B2I[..., inter:]
+        (wg, bg), (wu, bu) = self.gate_up
+        return F.silu(F.linear(h_BE, wg, bg)) * F.linear(h_BE, wu, bu)
+
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
-        h = _rms(x, self.norm2, self.eps2)
-        return F.linear(F.silu(F.linear(h, self.wg, self.bg)) * F.linear(h, self.wu, self.bu), self.wd, self.bd)
+        return F.linear(self.silu_gate_up(_rms(x, self.norm2, self.eps2)), self.wd, self.bd)
 
 
 class FastDecoder:
@@ -113,9 +143,13 @@ class FastDecoder:
     `start(ids_BP, mask_BP, max_new_tokens)` -> logits (B, V) at each row's last prompt token;
     `step(token_B)` feeds one token per row and returns the next logits (B, V). At most max_new_tokens - 1
     steps follow a start (the last sampled token is never fed back).
+
+    fuse_max_numel: q/k/v and gate/up weights are stacked into one GEMM each (a copy per rollout batch) when the
+    model's stacked weights have at most this many elements in all: on small models the per-GEMM overhead is what
+    stacking saves; on large ones the GEMMs' arithmetic dominates and the copy would only cost memory.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, *, fuse_max_numel: int = 2**25):
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"fast decode does not support this model: {reason}")
@@ -125,6 +159,7 @@ class FastDecoder:
         self.n_kv = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.scale = self.head_dim**-0.5
+        self.fuse_max_numel = fuse_max_numel
         self._cos_LD = self._sin_LD = torch.empty(0)
 
     def _tables(self, length: int, dtype: torch.dtype, device: torch.device) -> None:
@@ -134,13 +169,23 @@ class FastDecoder:
             cos, sin = rope_tables(self.model.config, length, dtype)
             self._cos_LD, self._sin_LD = cos.to(device), sin.to(device)
 
-    @torch.inference_mode()
-    def start(self, ids_BP: torch.Tensor, mask_BP: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    def _read_parameters(self) -> None:
+        """Fresh references (and stacked copies) every batch: sees optimizer updates and re-assigned Parameters."""
         inner = self.model.model
-        # Fresh references every batch: sees optimizer updates and even re-assigned Parameters.
-        self.layers = [_Layer(layer) for layer in inner.layers[: self.model.config.num_hidden_layers]]
+        layers = inner.layers[: self.model.config.num_hidden_layers]
+        stacked = sum(
+            lin.weight.numel()
+            for layer in layers
+            for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                        layer.mlp.gate_proj, layer.mlp.up_proj)
+        )
+        self.layers = [_Layer(layer, fuse=stacked <= self.fuse_max_numel) for layer in layers]
         self.embed, self.final_norm = inner.embed_tokens.weight, inner.norm.weight
         self.final_eps, self.lm_head = inner.norm.variance_epsilon, self.model.lm_head.weight
+
+    @torch.inference_mode()
+    def start(self, ids_BP: torch.Tensor, mask_BP: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        self._read_parameters()
         B, P = ids_BP.shape
         dtype, device = self.embed.dtype, self.embed.device
         L = P + max_new_tokens
@@ -149,27 +194,29 @@ class FastDecoder:
         self.cache = torch.zeros(
             (len(self.layers), 2, B, self.n_kv, L, self.head_dim), dtype=dtype, device=device
         )
-        self.key_ok_BL = torch.ones((B, L), dtype=torch.bool, device=device)
-        self.key_ok_BL[:, :P] = mask_BP.bool()
+        key_ok_BL = torch.ones((B, L), dtype=torch.bool, device=device)
+        key_ok_BL[:, :P] = mask_BP.bool()
         # Additive key mask (0 or -inf) per (row, kv head) pair, the layout of the decode-step attention.
-        key_bias_BL = torch.zeros((B, L), dtype=dtype, device=device).masked_fill(~self.key_ok_BL, -torch.inf)
+        key_bias_BL = torch.zeros((B, L), dtype=dtype, device=device).masked_fill(~key_ok_BL, -torch.inf)
         self.key_bias_NL = key_bias_BL.repeat_interleave(self.n_kv, dim=0)
         pos_BP = (mask_BP.long().cumsum(dim=1) - 1).clamp(min=0)
-        self.next_pos_B = pos_BP[:, -1] + 1
-        self.column = P
+        # RoPE rows of every decode step, gathered once: step t of row b is at position pos_BP[b, -1] + 1 + t.
+        pos_BT = pos_BP[:, -1:] + 1 + torch.arange(max_new_tokens, device=device)
+        self.cos_BTD, self.sin_BTD = self._cos_LD[pos_BT], self._sin_LD[pos_BT]
+        self.prompt_len = self.column = P
 
         # Prefill: causal attention over real keys; each query may also see itself (keeps pad rows finite).
         causal_PP = torch.ones((P, P), dtype=torch.bool, device=device).tril()
-        allow_B1PP = (causal_PP & self.key_ok_BL[:, None, :P]) | torch.eye(P, dtype=torch.bool, device=device)
+        allow_B1PP = (causal_PP & key_ok_BL[:, None, :P]) | torch.eye(P, dtype=torch.bool, device=device)
         allow_B1PP = allow_B1PP[:, None]
         cos_B1PD, sin_B1PD = self._cos_LD[pos_BP][:, None], self._sin_LD[pos_BP][:, None]
         x = F.embedding(ids_BP, self.embed)
         H, K, D = self.n_heads, self.n_kv, self.head_dim
         for i, lay in enumerate(self.layers):
-            h = _rms(x, lay.norm1, lay.eps1)
-            q = _rope(F.linear(h, lay.wq, lay.bq).view(B, P, H, D).transpose(1, 2), cos_B1PD, sin_B1PD)
-            k = _rope(F.linear(h, lay.wk, lay.bk).view(B, P, K, D).transpose(1, 2), cos_B1PD, sin_B1PD)
-            v = F.linear(h, lay.wv, lay.bv).view(B, P, K, D).transpose(1, 2)
+            qkv_BSPD = lay.qkv(_rms(x, lay.norm1, lay.eps1)).view(B, P, H + 2 * K, D).transpose(1, 2)
+            q = _rope(qkv_BSPD[:, :H], cos_B1PD, sin_B1PD)
+            k = _rope(qkv_BSPD[:, H : H + K], cos_B1PD, sin_B1PD)
+            v = qkv_BSPD[:, H + K :]
             self.cache[i, 0, :, :, :P] = k
             self.cache[i, 1, :, :, :P] = v
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=allow_B1PP, enable_gqa=H != K)
@@ -185,26 +232,24 @@ class FastDecoder:
         B = token_B.shape[0]
         H, K, D = self.n_heads, self.n_kv, self.head_dim
         G = H // K
-        pos_B = self.next_pos_B
-        cos_B11D, sin_B11D = self._cos_LD[pos_B][:, None, None], self._sin_LD[pos_B][:, None, None]
+        t = c - self.prompt_len
+        cos_B1D, sin_B1D = self.cos_BTD[:, t, None], self.sin_BTD[:, t, None]
         bias_N1C = self.key_bias_NL[:, None, : c + 1]
         x = F.embedding(token_B.to(self.embed.device), self.embed)  # (B, hidden)
         for i, lay in enumerate(self.layers):
-            h = _rms(x, lay.norm1, lay.eps1)
+            qkv_BSD = lay.qkv(_rms(x, lay.norm1, lay.eps1)).view(B, H + 2 * K, D)  # S = H + 2K heads
+            qk_BSD = _rope(qkv_BSD[:, : H + K], cos_B1D, sin_B1D)  # the q and k heads at once
+            cache_k, cache_v = self.cache[i, 0], self.cache[i, 1]  # (B, K, L, D)
+            cache_k[:, :, c] = qk_BSD[:, H:]
+            cache_v[:, :, c] = qkv_BSD[:, H + K :]
             # Query heads kv*G .. kv*G+G-1 share kv head `kv` (transformers' repeat_kv order): grouping them
             # as G query rows of one kv head is GQA without materialising repeated keys.
-            q = _rope(F.linear(h, lay.wq, lay.bq).view(B, K, G, D), cos_B11D, sin_B11D)
-            cache_k, cache_v = self.cache[i, 0], self.cache[i, 1]  # (B, K, L, D)
-            k = F.linear(h, lay.wk, lay.bk).view(B, K, 1, D)
-            torch.add(k * cos_B11D, k.roll(D // 2, dims=-1) * sin_B11D, out=cache_k[:, :, c : c + 1])  # = _rope
-            cache_v[:, :, c : c + 1] = F.linear(h, lay.wv, lay.bv).view(B, K, 1, D)
+            q_NGD = qk_BSD[:, :H].reshape(B * K, G, D)
             # N = B*K (batch, kv head) pairs, each a G x C attention; baddbmm fuses q.k^T, the scale and the mask.
             keys_NCD = cache_k.view(B * K, -1, D)[:, : c + 1]
-            scores_NGC = torch.baddbmm(bias_N1C, q.view(B * K, G, D), keys_NCD.transpose(1, 2), alpha=self.scale)
+            scores_NGC = torch.baddbmm(bias_N1C, q_NGD, keys_NCD.transpose(1, 2), alpha=self.scale)
             o = torch.bmm(torch.softmax(scores_NGC, dim=-1), cache_v.view(B * K, -1, D)[:, : c + 1])
             x = _residual_linear(x, o.view(B, H * D), lay.wo, lay.bo)
-            h = _rms(x, lay.norm2, lay.eps2)
-            x = _residual_linear(x, F.silu(F.linear(h, lay.wg, lay.bg)) * F.linear(h, lay.wu, lay.bu), lay.wd, lay.bd)
+            x = _residual_linear(x, lay.silu_gate_up(_rms(x, lay.norm2, lay.eps2)), lay.wd, lay.bd)
         self.column = c + 1
-        self.next_pos_B = pos_B + 1
         return F.linear(_rms(x, self.final_norm, self.final_eps), self.lm_head)

@@ -1,0 +1,184 @@
+"""Does the probe tell collapsing pairs from clean ones before training, and does it warn earlier during a run?
+
+    python benchmarks/probe_eval.py preflight [--seeds 0 1 2] [--json out.json] [--html fig.html]
+    python benchmarks/probe_eval.py runs --real-dir /tmp/probe_runs/real
+    python benchmarks/probe_eval.py detector --real-dir /tmp/probe_runs/real --tune-seeds 0 1 3
+
+preflight  `opdwatch probe` (Python API) on the demo student against the three demo teachers (the recipe's roles
+           teacher = golden SFT + copy prior, teacher_weak = a quarter of the copy prior, teacher_sft = golden SFT
+           only), on student rollouts sampled with each seed, and once on golden solutions; prints the loop
+           incentive, the EOS advantage after a repeat, the verdict and the runtime of each probe.
+runs       what plain OPD did from each pair: the real trainer runs in --real-dir (named GROUP__PAIR_sSEED, trained
+           by the commands in docs/probe.md with probe.every=1): first step with truncation >= 0.5, max truncation.
+detector   the detector (opdwatch.detector) on those runs with and without a probe signal family (the in-run
+           probe's step metrics). The probe signals' floors are chosen on --tune-seeds only; leads before
+           truncation reaches 0.5 and false alarms are reported for tuning and held-out runs separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import detector_eval as de  # noqa: E402 - the detector benchmark's corpus items and scoring
+
+from opdwatch.detector.settings import DetectorSettings  # noqa: E402
+from opdwatch.detector.signals import DEFAULT_SIGNALS, SIGNALS, SignalSpec, _key  # noqa: E402
+from opdwatch.probe.summary import (  # noqa: E402
+    DELTA_SUFFIX,
+    EOS_ADV_REPEAT,
+    LOOP_INCENTIVE,
+    STUDENT_EOS_REPEAT,
+    STUDENT_LOOP_LOGP,
+    TEACHER_LOOP_LOGP,
+)
+
+TEACHERS = {"copy": "demo-teacher", "weak": "demo-teacher-weak", "clean": "demo-teacher-clean"}
+
+
+# ----------------------------------------------------------------------------------------------- preflight
+def preflight(seeds: list[int], n_prompts: int, json_out: Path | None, html_out: Path | None) -> int:
+    import torch
+
+    from opdwatch.plots.probe import probe_report_html
+    from opdwatch.probe.prompts import demo_prompts
+    from opdwatch.probe.run import ProbeSettings, run_probe
+
+    torch.set_num_threads(1)
+    prompts = demo_prompts(n_prompts)
+    results = []
+    print(f"{'pair':6s} {'responses':10s} {'incentive':>9s} {'loop adv':>8s} {'reg adv':>8s} {'EOS adv nat':>11s} "
+          f"{'EOS adv rep':>11s} {'t loop lp':>9s} {'risk':>6s} {'time s':>7s}")
+    for pair, teacher in TEACHERS.items():
+        for responses, seed in [("golden", 0), *[("student", s) for s in seeds]]:
+            settings = ProbeSettings(responses=responses, seed=seed)
+            t0 = time.perf_counter()
+            report = run_probe("demo-student", teacher, prompts, settings=settings, progress=False)
+            wall = time.perf_counter() - t0
+            m = report.summary.metrics
+            label = "golden" if responses == "golden" else f"seed {seed}"
+            print(f"{pair:6s} {label:10s} {m[LOOP_INCENTIVE]:+9.2f} {m['probe/loop_advantage']:+8.2f} "
+                  f"{m['probe/regular_advantage']:+8.2f} {m['probe/eos_advantage_natural']:+11.2f} "
+                  f"{m[EOS_ADV_REPEAT]:+11.2f} {m[TEACHER_LOOP_LOGP]:9.2f} {report.verdict.risk:>6s} {wall:7.1f}",
+                  flush=True)
+            results.append({"pair": pair, "teacher": teacher, "responses": responses, "seed": seed,
+                            "wall_seconds": wall, **report.to_dict()})
+    if json_out:
+        json_out.write_text(json.dumps(results, indent=1, default=str))
+    if html_out:
+        golden = [r for r in results if r["responses"] == "golden"]
+        html_out.write_text(probe_report_html({r["pair"]: r for r in golden},
+                                              {r["pair"]: (r["risk"], r["reasons"]) for r in golden}))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- runs
+def _runs(root: Path) -> list[de.Item]:
+    return de.real_runs(root)
+
+
+def runs_table(root: Path) -> int:
+    print(f"{'run':34s} {'steps':>5s} {'trunc>=0.5 at':>13s} {'max trunc':>9s}   student loop log-prob (probe), "
+          "step 1 -> last")
+    for it in _runs(root):
+        trunc = [m.get("rollout/truncation_rate", math.nan) for _, m in it.rows]
+        prop = [m.get(STUDENT_LOOP_LOGP, math.nan) for _, m in it.rows]
+        print(f"{it.name:34s} {len(it.rows):5d} {str(it.collapse):>13s} {max(trunc):9.2f} "
+              f"{prop[0]:16.2f} -> {prop[-1]:6.2f}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- detector
+# Probe signals: the student's own drift on the fixed probe set (the teacher's scores are fixed). As OPD pays for
+# loops, the student's log-prob of continuing a started loop rises and its log-prob of stopping after a repeat
+# falls; both are measured on the same sequences every step, so their noise is small.
+PROBE_SIGNALS = {
+    "probe_propensity": SignalSpec("probe_propensity", (STUDENT_LOOP_LOGP,), _key(STUDENT_LOOP_LOGP), "up", 0.05,
+                                   outcome=False, family="probe",
+                                   description="probe: student log-prob of continuing a started loop"),
+    "probe_eos": SignalSpec("probe_eos", (STUDENT_EOS_REPEAT,), _key(STUDENT_EOS_REPEAT), "down", 0.05,
+                            outcome=False, family="probe",
+                            description="probe: student log-prob of stopping after a repeat"),
+}
+
+
+def _seed(it: de.Item) -> int:
+    return int(it.name.rsplit("_s", 1)[1]) if "_s" in it.name else -1
+
+
+def detector(root: Path, tune_seeds: set[int], floors: list[float]) -> int:
+    items = _runs(root)
+    tune = [it for it in items if _seed(it) in tune_seeds]
+    held = [it for it in items if _seed(it) not in tune_seeds]
+    SIGNALS.update(PROBE_SIGNALS)  # this process only: opdwatch.detector itself is unchanged
+    base = DetectorSettings()
+    warmup = base.warmup_steps
+
+    def settings(floor: float | None) -> DetectorSettings:
+        if floor is None:
+            return base
+        for name in PROBE_SIGNALS:
+            SIGNALS[name] = replace(PROBE_SIGNALS[name], floor=floor)
+        return replace(base, signals=",".join([*DEFAULT_SIGNALS, *PROBE_SIGNALS]))
+
+    def report(label: str, subset: list[de.Item], floor: float | None) -> de.Score:
+        s = de.score(subset, de.ours("warning", settings(floor)), warmup)
+        print(s.line(label))
+        for it in subset:
+            fires = de.ours("warning", settings(floor))(it.rows)
+            print(f"    {it.name:34s} collapse {str(it.collapse):>5s}  warnings at {fires[:6]}")
+        return s
+
+    print(f"{'':46s} {'>=5 ahead':>10s} {'med lead':>8s} {'min':>4s} {'missed':>6s} {'FA/1k stable':>12s}")
+    print(f"-- tuning seeds {sorted(tune_seeds)}: choose the probe floor (fewest stable fires, then most leads)")
+    best, best_key = None, None
+    report("detector (no probe)", tune, None)
+    for floor in floors:
+        s = report(f"detector + probe signals (floor {floor:g})", tune, floor)
+        key = (s.stable_fires, -s.early, -(sum(s.leads) if s.leads else 0))
+        if best_key is None or key < best_key:
+            best, best_key = floor, key
+    print(f"-- held-out runs (seeds not in {sorted(tune_seeds)}), probe floor {best:g} chosen on the tuning seeds")
+    report("detector (no probe)", held, None)
+    report(f"detector + probe signals (floor {best:g})", held, best)
+    delta_keys = [LOOP_INCENTIVE + DELTA_SUFFIX, STUDENT_LOOP_LOGP + DELTA_SUFFIX]
+    print("probe deltas at the warm-up end / 5 steps before collapse:", delta_keys)
+    for it in items:
+        rows = dict(it.rows)
+        at = [warmup + 1, (it.collapse or len(it.rows)) - 5]
+        vals = [[rows.get(s, {}).get(k, math.nan) for k in delta_keys] for s in at]
+        print(f"    {it.name:34s} " + "  ".join(f"step {s}: " + ", ".join(f"{v:+.2f}" for v in vs)
+                                                  for s, vs in zip(at, vals, strict=True)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("preflight")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--n-prompts", type=int, default=64)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--html", type=Path)
+    r = sub.add_parser("runs")
+    r.add_argument("--real-dir", type=Path, default=Path("/tmp/probe_runs/real"))
+    d = sub.add_parser("detector")
+    d.add_argument("--real-dir", type=Path, default=Path("/tmp/probe_runs/real"))
+    d.add_argument("--tune-seeds", type=int, nargs="+", default=[0, 1, 3])
+    d.add_argument("--floors", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2])
+    args = ap.parse_args(argv)
+    if args.what == "preflight":
+        return preflight(args.seeds, args.n_prompts, args.json, args.html)
+    if args.what == "runs":
+        return runs_table(args.real_dir)
+    return detector(args.real_dir, set(args.tune_seeds), args.floors)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

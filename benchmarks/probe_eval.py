@@ -43,7 +43,8 @@ TEACHERS = {"copy": "demo-teacher", "weak": "demo-teacher-weak", "clean": "demo-
 
 
 # ----------------------------------------------------------------------------------------------- preflight
-def preflight(seeds: list[int], n_prompts: int, json_out: Path | None, html_out: Path | None) -> int:
+def preflight(seeds: list[int], n_prompts: int, json_out: Path | None, html_out: Path | None,
+              pairs: list[str], cache_dir: str | None) -> int:
     import torch
 
     from opdwatch.plots.probe import probe_report_html
@@ -55,9 +56,10 @@ def preflight(seeds: list[int], n_prompts: int, json_out: Path | None, html_out:
     results = []
     print(f"{'pair':6s} {'responses':10s} {'incentive':>9s} {'loop adv':>8s} {'reg adv':>8s} {'EOS adv nat':>11s} "
           f"{'EOS adv rep':>11s} {'t loop lp':>9s} {'risk':>6s} {'time s':>7s}")
-    for pair, teacher in TEACHERS.items():
+    for pair in pairs:
+        teacher = TEACHERS[pair]
         for responses, seed in [("golden", 0), *[("student", s) for s in seeds]]:
-            settings = ProbeSettings(responses=responses, seed=seed)
+            settings = ProbeSettings(responses=responses, seed=seed, cache_dir=cache_dir)
             t0 = time.perf_counter()
             report = run_probe("demo-student", teacher, prompts, settings=settings, progress=False)
             wall = time.perf_counter() - t0
@@ -166,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-prompts", type=int, default=64)
     p.add_argument("--json", type=Path)
     p.add_argument("--html", type=Path)
+    p.add_argument("--pairs", nargs="+", choices=list(TEACHERS), default=list(TEACHERS))
+    p.add_argument("--cache-dir", default=None, help="demo model cache (default: the recipe's)")
     r = sub.add_parser("runs")
     r.add_argument("--real-dir", type=Path, default=Path("/tmp/probe_runs/real"))
     d = sub.add_parser("detector")
@@ -174,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--floors", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2])
     args = ap.parse_args(argv)
     if args.what == "preflight":
-        return preflight(args.seeds, args.n_prompts, args.json, args.html)
+        return preflight(args.seeds, args.n_prompts, args.json, args.html, args.pairs, args.cache_dir)
     if args.what == "runs":
         return runs_table(args.real_dir)
     return detector(args.real_dir, set(args.tune_seeds), args.floors)

@@ -71,3 +71,28 @@ def test_act_mode_says_what_it_did_and_recommends_the_next_rung():
                               "watch.policy ladder for a warning)")
     assert msg.actions[1] == "halve the learning rate (not found in the run's config)"
     assert len(msg.actions) == 2  # a warning: no rollback yet (the playbook says why)
+
+
+README = DOC.parents[1] / "README.md"
+ALERTS_DOC = DOC.parent / "alerts.md"
+
+
+def test_the_readme_config_and_example_alert_are_real(tmp_path, monkeypatch):
+    import json
+    import re
+
+    from opdwatch.config_tree import build, load_yaml
+    from opdwatch.detector.settings import WatchConfig
+    from opdwatch.reader import open_run
+
+    section = README.read_text(encoding="utf-8").split("## Alerts on Slack or any webhook", 1)[1].split("\n## ", 1)[0]
+    yaml_block = re.search(r"```yaml\n(.*?)```", section, re.S)[1]
+    assert len(yaml_block.strip().splitlines()) == 3
+    assert build(WatchConfig, load_yaml(yaml_block)["watch"], "watch").alerts.slack.enabled
+    example = re.search(r"```text\n(.*?)```", section, re.S)[1]
+    script = re.search(r"### Try it.*?```python\n(.*?)```", ALERTS_DOC.read_text(encoding="utf-8"), re.S)[1]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(script, "docs/alerts.md", "exec"), {})
+    events = open_run(tmp_path / "runs" / "alert-demo").events()
+    texts = [json.loads(d)["text"] for k, d in zip(events["kind"], events["data"]) if k == "alert"]
+    assert example.strip() in [t.strip() for t in texts]

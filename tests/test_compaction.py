@@ -204,3 +204,20 @@ def test_recorder_compacts_in_the_background_and_on_close(tmp_path: Path) -> Non
     live.tick()
     assert_same({"series": live.series()}, {"series": step_series(open_run(tmp_path / "twin"))},
                 drop=("time", "record"))
+
+
+def test_killed_after_the_commit_the_segment_hides_the_old_files(tmp_path: Path) -> None:
+    """The state a kill between the commit and the deletes leaves: segment and small files both on disk."""
+    original = make_run(tmp_path / "run", steps=8, val_every=4)
+    reference = snapshot(original)
+    run_dir = shutil.copytree(original, tmp_path / "killed")
+    compact(run_dir)
+    for table in ("steps", "rollouts", "tokens"):  # the small files back, as if never deleted
+        shutil.copytree(original / table, run_dir / table, dirs_exist_ok=True)
+    live = LiveRun(run_dir)
+    assert_same(reference, snapshot(run_dir))  # read once, from the segment
+    assert_same({"series": reference["series"]}, {"series": live.series()})
+    result = compact(run_dir)
+    assert result.removed == len(parquet_files(original)) and result.steps == 0
+    assert all(COMPACTED_DIR in p.parts for p in parquet_files(run_dir))
+    assert_same(reference, snapshot(run_dir))

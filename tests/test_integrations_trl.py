@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import time
 
 import numpy as np
@@ -71,14 +72,20 @@ def _json(capsys, argv: list[str]) -> dict:
 
 def test_the_run_passes_info_analyze_and_detect(attached, capsys):
     kind, run, trainer, _ = attached
-    info = _json(capsys, ["info", str(run), "--json"])
-    assert info["status"] == "finished" and info["last_step"] == 3
-    analysis = _json(capsys, ["analyze", str(run), "--json"])
-    text = json.dumps(analysis)
-    assert "rollout/truncation_rate" in text and "verdict" in text
-    detect = _json(capsys, ["detect", str(run), "--json"])
-    assert detect  # replayed through the detector without error
     steps = open_run(run).steps().collect().sort("step")
+    info = _json(capsys, ["info", str(run), "--json"])
+    assert (info["status"], info["steps"], info["first_step"], info["last_step"]) == ("finished", 3, 1, 3)
+    assert info["missing_steps"] == info["truncation_unknown"] == 0
+    assert info["last_train"]["rollout/truncation_rate"] == steps["rollout/truncation_rate"][-1]
+    (analysis,) = _json(capsys, ["analyze", str(run), "--json"])["runs"]
+    assert (analysis["status"], analysis["steps"]) == ("finished", 3) and analysis["verdict"]
+    detect = _json(capsys, ["detect", str(run), "--json"])
+    assert (detect["steps"], detect["first_step"], detect["last_step"]) == (3, 1, 3)
+    # the replay of the recorded steps reaches the same verdicts as the live watch did during training
+    events = open_run(run).events()
+    live = events.filter(pl.col("kind").is_in(["warning", "alarm"]))
+    assert [(t["step"], t["level"]) for t in detect["transitions"] if t["level"] in ("warning", "alarm")] == \
+        list(zip(live["step"].to_list(), live["kind"].to_list(), strict=True))
     assert steps["step"].to_list() == [1, 2, 3]
     assert steps["rollout/count"].to_list() == [4.0, 4.0, 4.0]  # per_device_train_batch_size 4, all on-policy
     assert steps["trl/onpolicy_batches"].to_list() == [1.0, 1.0, 1.0]
@@ -145,6 +152,11 @@ def test_truncation_is_no_eos_within_the_budget(attached):
         assert 1 <= len(ids) <= budget
         assert row["truncated"] == (tok.eos_token_id not in ids.to_list()[:budget])
         assert row["truncated"] == (len(ids) == budget and ids[-1] != tok.eos_token_id)
+    # special flags from the tokenizer's special ids; every response token is trained on (no tools here)
+    special_ids = set(tok.all_special_ids)
+    assert tokens["special"].to_list() == [t in special_ids for t in tokens["token_id"].to_list()]
+    assert tokens.filter(pl.col("token_id") == tok.eos_token_id)["special"].all()
+    assert tokens["loss_mask"].all()
     if kind == "distillation":  # TRL's own figure agrees here (no rollout ended on a sampled pad token)
         steps = r.steps().collect().sort("step")
         np.testing.assert_allclose(steps["rollout/truncation_rate"], steps["trl/completions/clipped_ratio"])
@@ -166,11 +178,13 @@ def test_act_mode_turns_gkd_lmbda_down(tmp_path):
 
 
 def test_act_mode_stops_distillation_with_a_checkpoint(tmp_path):
-    trainer = make_trainer("distillation", tmp_path / "out", max_steps=8)
+    trainer = make_trainer("distillation", tmp_path / "out", max_steps=8, log_completions=True)
     attachment = attach(trainer, tmp_path / "run", "act")
     trainer.train()
     assert attachment.stopped_at is not None and trainer.state.global_step == attachment.stopped_at < 8
     assert (tmp_path / "out" / f"checkpoint-{attachment.stopped_at}" / "trainer_state.json").exists()
+    # TRL's own completion log (tests/trl_tiny.py's log_completions), one file per logged step
+    assert len(list((tmp_path / "out" / "completions").glob("completions_*.parquet"))) == attachment.stopped_at
     events = open_run(tmp_path / "run").events()
     kinds = events["kind"].to_list()
     assert "alarm" in kinds and "checkpoint" in kinds
@@ -212,6 +226,23 @@ def test_warn_mode_alerts_into_the_trainers_wandb_run(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ errors
+def test_a_training_that_raises_leaves_a_failed_run_with_its_steps(tmp_path):
+    from transformers import TrainerCallback
+
+    class Boom(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise RuntimeError("out of memory (simulated)")
+
+    trainer = make_trainer("gkd", tmp_path / "out", max_steps=3, callbacks=[Boom()])
+    attach(trainer, tmp_path / "run", "off")
+    with pytest.raises(RuntimeError, match="simulated"):
+        trainer.train()
+    r = open_run(tmp_path / "run")
+    assert r.status == "failed" and r.steps().collect()["step"].to_list() == [1, 2]
+    assert "out of memory (simulated)" in r.events().filter(pl.col("kind") == "error")["message"][0]
+
+
 def test_a_changed_trl_method_is_a_one_line_error(tmp_path):
     trainer = make_trainer("distillation", tmp_path / "out")
     trainer._get_last_hidden_state = lambda hidden: hidden  # as if a TRL release changed its parameters
@@ -234,6 +265,24 @@ def test_unsupported_trainers_and_settings_are_one_line_errors(tmp_path):
         attach(make_trainer("gkd", tmp_path / "out", lmbda=0.0), tmp_path / "run")
     with pytest.raises(OpdwatchError, match="watch mode"):
         attach(make_trainer("gkd", tmp_path / "out"), tmp_path / "run", "loud")
+    scaled = make_trainer("distillation", tmp_path / "out")
+    scaled.model.config.logits_scaling = 2.0  # Granite-style: a post-processing the hidden-state hook lacks
+    with pytest.raises(OpdwatchError, match="logits_scaling"):
+        attach(scaled, tmp_path / "run")
+    (tmp_path / "taken").mkdir()
+    first = make_trainer("gold", tmp_path / "out")
+    attach(first, tmp_path / "taken", "off")
+    with pytest.raises(OpdwatchError, match="already recorded"):
+        attach(make_trainer("gold", tmp_path / "out"), tmp_path / "taken")
+    with pytest.raises(OpdwatchError, match="already attached"):
+        attach(first, tmp_path / "elsewhere")
+
+
+def test_without_trl_attach_says_how_to_install_it(tmp_path, monkeypatch):
+    trainer = make_trainer("gkd", tmp_path / "out")
+    monkeypatch.setitem(sys.modules, "trl", None)  # import trl -> ImportError
+    with pytest.raises(OpdwatchError, match=r"needs TRL: pip install 'opdwatch\[trl\]'"):
+        attach(trainer, tmp_path / "run")
 
 
 # ---------------------------------------------------------------------------------- pure functions
@@ -263,3 +312,15 @@ def test_finish_reasons_and_the_lmbda_mapping():
         assert lmbda_of_alpha(alpha_of_lmbda(lmbda)) == pytest.approx(lmbda)
     assert lmbda_of_alpha(0.0) == 1.0 and lmbda_of_alpha(0.5) == pytest.approx(2 / 3) and lmbda_of_alpha(2.0) == \
         pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradient_accumulation_records_every_micro_batch_of_a_step(tmp_path, kind):
+    # 2 micro-batches of 2 per optimizer step: TRL generates per micro-batch (GKD) or for the whole step and
+    # splits it (DistillationTrainer, GOLD); either way the step's row holds all 4 rollouts
+    trainer = make_trainer(kind, tmp_path / "out", max_steps=2, batch_size=2, gradient_accumulation_steps=2)
+    attach(trainer, tmp_path / "run", TRLWatch(mode="off", strict=True))
+    trainer.train()
+    steps = open_run(tmp_path / "run").steps().collect().sort("step")
+    assert steps["rollout/count"].to_list() == [4.0, 4.0]
+    assert steps["trl/onpolicy_batches"].to_list() == [2.0, 2.0]

@@ -95,7 +95,8 @@ class Watcher:
         with self.guard("detector", step):
             state = self.detector.update(step, metrics)
         if state is None:
-            self._record_deliveries()
+            with self.guard("alert delivery", step):
+                self._record_deliveries()
             return None, []
         if state.level in ("ok", "warmup"):
             self.last_ok_step = step
@@ -125,7 +126,8 @@ class Watcher:
                 own = {k: v for k, v in metrics.items() if isinstance(v, (int, float))} if self._logger is None \
                     else {}
                 self.wandb.log(step, {**own, **state.scores()})
-        self._record_deliveries()
+        with self.guard("alert delivery", step):
+            self._record_deliveries()
         return state, applied
 
     # ------------------------------------------------------------------------------ acting, alerting
@@ -156,16 +158,9 @@ class Watcher:
         alert = Alert(step=msg.step, level=msg.level, title=msg.title, text=msg.text())
         delivered = []
         if self.wandb is not None:
-            last = self.wandb.rate_limited(alert)
-            if last is not None:
-                outcome = Outcome(msg.step, "wandb", msg.level, msg.title, "suppressed",
-                                  f"rate limit: the last {msg.level} alert to wandb was at step {last}, at most one "
-                                  f"per {self.config.wandb.alert_min_steps} steps")
-            elif self.wandb.alert(alert):
+            outcome = self._wandb_alert(alert)
+            if outcome.status == "delivered":
                 delivered.append("wandb")
-                outcome = Outcome(msg.step, "wandb", msg.level, msg.title, "delivered", "run.alert")
-            else:
-                outcome = Outcome(msg.step, "wandb", msg.level, msg.title, "failed", "the wandb run is closed")
             if self.local is not None:
                 self.local.delivery(outcome)
         if self.local is not None:
@@ -173,6 +168,25 @@ class Watcher:
             self.local.alert(alert, delivered_to=delivered,
                              queued_to=[c.name for c in self.dispatcher.channels], **details)
         self.dispatcher.submit(msg)
+
+    def _wandb_alert(self, alert: Alert) -> Outcome:
+        """run.alert in the training thread (wandb's own service process does the network); a failure of it
+        is a failed delivery and an error event, and the other channels still get the alert."""
+        def outcome(status: str, why: str) -> Outcome:
+            return Outcome(alert.step, "wandb", alert.level, alert.title, status, why)
+
+        assert self.wandb is not None
+        last = self.wandb.rate_limited(alert)
+        if last is not None:
+            return outcome("suppressed", f"rate limit: the last {alert.level} alert to wandb was at step {last}, at "
+                                         f"most one per {self.config.wandb.alert_min_steps} steps")
+        try:
+            sent = self.wandb.alert(alert)
+        except Exception as exc:
+            if not self.guard.caught("alert channel wandb", exc, step=alert.step):
+                raise
+            return outcome("failed", f"{type(exc).__name__}: {exc}")
+        return outcome("delivered", "run.alert") if sent else outcome("failed", "the wandb run is closed")
 
     def _record_deliveries(self, outcomes: list[Outcome] | None = None) -> None:
         for o in self.dispatcher.drain() if outcomes is None else outcomes:

@@ -17,9 +17,11 @@ methods, verified against TRL 1.16.0 (docs/integrations.md cites them):
 * ``GOLDTrainer`` (trl/experimental/gold/gold_trainer.py): ``_prepare_inputs`` returns the buffered micro-batch
   and ``_buffered_on_policy[(_step - 1) % gradient_accumulation_steps]`` says whether ``_fill_buffer``
   generated it on-policy; ``generalized_jsd_loss`` as for GKD.
+* every trainer: ``train``, so that an exception marks the run failed before it propagates (:func:`wrap_train`).
 
 A TRL version that renamed one of these or changed a parameter this code passes by name fails at ``attach`` with
-one line (:func:`check`), never later inside a training step. Torch is only touched inside the wrappers.
+one line (:func:`check`), never later inside a training step. Torch is only touched inside the wrappers; the
+batches become rollouts in opdwatch.integrations._trl_batches.
 """
 
 from __future__ import annotations
@@ -31,28 +33,17 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
 
-import numpy as np
-
 from opdwatch.errors import OpdwatchError
 from opdwatch.integrations._logprobs import LogitPost, sampled_logp_from_hidden, sampled_logp_from_logits
+from opdwatch.integrations._trl_batches import Rollouts, distillation_rollouts, labelled_rollouts, post_of
 
 TESTED = "1.16"  # the TRL minor release these wraps were verified against (pyproject extra `trl`)
 
 
 @dataclass
-class Rollouts:
-    """One micro-batch's on-policy rollouts, unpadded, on the CPU."""
-    prompt_ids: list[np.ndarray]  # each (P_i,) int64: the context the student generated from
-    response_ids: list[np.ndarray]  # each (L_i,) int64: the sampled tokens, up to and including EOS
-    student_logp: list[np.ndarray]  # each (L_i,) float32: log pi_student(y_t | s_t), the loss's temperature
-    teacher_logp: list[np.ndarray]  # each (L_i,) float32: log pi_teacher(y_t | s_t)
-    loss_mask: list[np.ndarray]  # each (L_i,) bool: tokens the loss trains on (tool outputs are not)
-
-
-@dataclass
 class Capture:
     """What the wrapped methods saw since the last :meth:`take` (one optimizer step)."""
-    on_error: Callable[[str, BaseException], None]  # our own failure inside a wrapper: report, never raise in TRL
+    on_error: Callable[[str, BaseException], None]  # our own failure inside a wrapper: record it (strict: raise)
     rollouts: list[Rollouts] = field(default_factory=list)
     off_policy: int = 0  # micro-batches trained on dataset (golden) completions this step
     pending: Any = None  # GKD/GOLD: (input_ids, attention_mask, labels) of the on-policy micro-batch in flight
@@ -96,25 +87,8 @@ def _ids(value: Any) -> list[int]:
     return [] if value is None else [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
 
 
-def _split(values_N: Any, counts: list[int]) -> list[np.ndarray]:
-    flat = values_N.detach().float().cpu().numpy()
-    return np.split(flat, np.cumsum(counts)[:-1]) if counts else []
-
-
 def _is_training(trainer: Any) -> bool:
     return bool(getattr(trainer.model, "training", False))
-
-
-def _post_of(config: Any, temperature: float) -> LogitPost:
-    """The logit post-processing TRL's chunked loss applies for this model config (only the common ones)."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for name in ("output_multiplier", "lm_head_multiplier", "logits_scaling"):
-        if getattr(text, name, None) is not None:
-            raise OpdwatchError(f"model config sets {name}: opdwatch's TRL hook handles logit_scale and "
-                                "final_logit_softcapping only")
-    scale = getattr(text, "logit_scale", None)
-    return LogitPost(scale=1.0 if scale is None else float(scale),
-                     softcap=getattr(text, "final_logit_softcapping", None), temperature=float(temperature))
 
 
 def _set(trainer: Any, name: str, fn: Callable[..., Any]) -> str:
@@ -149,18 +123,7 @@ def _record_jsd(cap: Capture, bound: inspect.BoundArguments) -> None:
     ids_BT = labels_BT.clamp_min(0)
     s_N = sampled_logp_from_logits(a["student_logits"], ids_BT, valid_BT, post=post)
     t_N = sampled_logp_from_logits(a["teacher_logits"], ids_BT, valid_BT, post=post)
-    input_ids, attention, labels = (t.detach().cpu() for t in pending)  # (B, T) each, labels unshifted
-    counts = (labels != -100).sum(1).tolist()
-    if counts != valid_BT.sum(1).tolist():
-        raise RuntimeError("the loss's labels do not match the on-policy batch's completions")
-    prompts, responses = [], []
-    for b, n in enumerate(counts):
-        is_label = (labels[b] != -100).nonzero()[:, 0]
-        first = int(is_label[0]) if n else labels.shape[1]
-        prompts.append(input_ids[b, :first][attention[b, :first] == 1].numpy().astype(np.int64))
-        responses.append(input_ids[b, is_label].numpy().astype(np.int64))
-    cap.rollouts.append(Rollouts(prompts, responses, _split(s_N, counts), _split(t_N, counts),
-                                 [np.ones(n, dtype=bool) for n in counts]))
+    cap.rollouts.append(labelled_rollouts(*pending, valid_BT.sum(1).tolist(), s_N, t_N))
 
 
 def _install_gkd(trainer: Any, cap: Capture) -> tuple[str, ...]:
@@ -215,7 +178,7 @@ def _install_distillation(trainer: Any, cap: Capture) -> tuple[str, ...]:
             context, cap.context = cap.context, None
         if context is not None:
             with cap.guard("_compute_loss"):
-                cap.rollouts.append(_distillation_rollouts(context))
+                cap.rollouts.append(distillation_rollouts(context))
         return out
 
     def _get_last_hidden_state(model: Any, input_ids: Any, attention_mask: Any, logits_to_keep: int,
@@ -228,25 +191,11 @@ def _install_distillation(trainer: Any, cap: Capture) -> tuple[str, ...]:
                 valid_BK = context["inputs"]["completion_mask"].bool()
                 context["logp"][who] = sampled_logp_from_hidden(
                     hidden_BKH, model.get_output_embeddings(), input_ids[:, -logits_to_keep:], valid_BK,
-                    post=_post_of(model.config, trainer.temperature))
+                    post=post_of(model.config, trainer.temperature))
         return hidden_BKH
 
     return (_set(trainer, "_compute_loss", _compute_loss),
             _set(trainer, "_get_last_hidden_state", _get_last_hidden_state))
-
-
-def _distillation_rollouts(context: dict[str, Any]) -> Rollouts:
-    inputs, logp = context["inputs"], context["logp"]
-    if set(logp) != {"student", "teacher"}:
-        raise RuntimeError(f"saw hidden states of {sorted(logp)} only, expected student and teacher")
-    prompt_BP, prompt_mask = inputs["prompt_ids"].cpu(), inputs["prompt_mask"].cpu().bool()
-    completion_BK, completion_mask = inputs["completion_ids"].cpu(), inputs["completion_mask"].cpu().bool()
-    tool_BK = inputs["tool_mask"].cpu().bool() if "tool_mask" in inputs else completion_mask
-    counts = completion_mask.sum(1).tolist()
-    return Rollouts([prompt_BP[b][prompt_mask[b]].numpy().astype(np.int64) for b in range(len(counts))],
-                    [completion_BK[b][completion_mask[b]].numpy().astype(np.int64) for b in range(len(counts))],
-                    _split(logp["student"], counts), _split(logp["teacher"], counts),
-                    [tool_BK[b][completion_mask[b]].numpy() for b in range(len(counts))])
 
 
 # ------------------------------------------------------------------------------------------ the table
@@ -258,7 +207,12 @@ def _generation_budget(trainer: Any) -> int:
     return int(trainer.generation_config.max_new_tokens)
 
 
-def _no_problem(trainer: Any) -> str | None:
+def _distillation_problem(trainer: Any) -> str | None:
+    for model in (trainer.model, trainer.teacher_model):
+        try:
+            post_of(trainer.accelerator.unwrap_model(model).config, trainer.temperature)
+        except OpdwatchError as exc:
+            return str(exc)
     return None
 
 
@@ -278,7 +232,8 @@ SPECS: tuple[HookSpec, ...] = (
              {"_compute_loss": ("unwrapped_student", "inputs"),
               "_get_last_hidden_state": ("unwrapped_model", "input_ids", "attention_mask", "logits_to_keep")},
              ("eos_token_ids", "max_completion_length", "temperature", "teacher_model"), _install_distillation,
-             None, lambda t: _ids(t.eos_token_ids), lambda t: int(t.max_completion_length), _no_problem),
+             None, lambda t: _ids(t.eos_token_ids), lambda t: int(t.max_completion_length),
+             _distillation_problem),
     HookSpec("gkd", "trl.experimental.gkd", "GKDTrainer",
              {"generalized_jsd_loss": _JSD, "generate_on_policy_outputs": ("model", "inputs", "generation_config"),
               "training_step": ("model", "inputs")},
@@ -331,9 +286,18 @@ def check(trainer: Any, spec: HookSpec, version: str) -> None:
                             "the trainer opdwatch wraps")
 
 
+_MARK = "_opdwatch_hooks"  # instance attribute naming the wrapped methods while they are installed
+
+
 def install(trainer: Any, spec: HookSpec, cap: Capture) -> tuple[str, ...]:
     """Wrap ``trainer``'s methods; returns the names, for :func:`uninstall`."""
-    return spec.install(trainer, cap)
+    names = spec.install(trainer, cap)
+    setattr(trainer, _MARK, names)
+    return names
+
+
+def installed(trainer: Any) -> bool:
+    return _MARK in getattr(trainer, "__dict__", {})
 
 
 def wrap_train(trainer: Any, on_failure: Callable[[BaseException], None]) -> tuple[str, ...]:
@@ -351,5 +315,5 @@ def wrap_train(trainer: Any, on_failure: Callable[[BaseException], None]) -> tup
 
 
 def uninstall(trainer: Any, names: tuple[str, ...]) -> None:
-    for name in names:
+    for name in (*names, _MARK):
         trainer.__dict__.pop(name, None)

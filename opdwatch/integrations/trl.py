@@ -218,6 +218,8 @@ def attach(trainer: Any, run_dir: str | os.PathLike[str], watch: str | TRLWatch 
     docstring). Call before ``trainer.train()``; the run is finished when training ends (or marked failed)."""
     config = TRLWatch(mode="off" if watch is None else watch) if not isinstance(watch, TRLWatch) else watch
     config.validate()
+    if hooks.installed(trainer):  # wrapping the wrappers would record every batch twice
+        raise OpdwatchError(f"this {type(trainer).__name__} is already attached to a run")
     spec = hooks.spec_for(trainer)  # the supported class, its methods checked, or a one-line error
     processes = int(getattr(getattr(trainer, "accelerator", None), "num_processes", 1))
     if processes > 1:  # each rank would need its own recorder rank and an all-reduce of the step partials

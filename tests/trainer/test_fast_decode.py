@@ -1,10 +1,32 @@
-"""rollout.fast_decode: same logits as the transformers forward, same rollouts as HFEngine's generic loop."""
+"""rollout.fast_decode: same logits as the transformers forward, same rollouts as HFEngine's generic loop and as
+`model.generate`; neither path uses an API that the installed transformers deprecates."""
 
 from __future__ import annotations
 
+import logging
+import re
+import warnings
+from importlib.metadata import version
+from pathlib import Path
+
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+import transformers
+from packaging.requirements import Requirement
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest's own dependency
+    import tomli as tomllib
+from transformers import (
+    GenerationConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from opdwatch.trainer.rollout.engine import RowIndex, SamplingParams
 from opdwatch.trainer.rollout.fast_decode import FastDecoder, unsupported_reason
@@ -32,15 +54,17 @@ def tiny(arch: str, **extra) -> torch.nn.Module:
 ARCHS = [("llama", {}), ("qwen2", {}), ("llama", {"attention_bias": True, "mlp_bias": True, "rope_theta": 500.0})]
 
 
+@pytest.mark.parametrize("fuse_max_numel", [2**25, 0], ids=["stacked-weights", "separate-weights"])
 @pytest.mark.parametrize(("arch", "extra"), ARCHS)
-def test_step_logits_match_the_hf_forward(arch: str, extra: dict) -> None:
+def test_step_logits_match_the_hf_forward(arch: str, extra: dict, fuse_max_numel: int) -> None:
     model = tiny(arch, **extra)
     assert unsupported_reason(model) is None
     ids_BP, mask_BP = left_pad(PROMPTS, PAD)
     fed_BT = torch.randint(2, VOCAB, (len(PROMPTS), 6), generator=torch.Generator().manual_seed(1))
-    decoder = FastDecoder(model)
+    decoder = FastDecoder(model, fuse_max_numel=fuse_max_numel)
     fast = [decoder.start(ids_BP, mask_BP, max_new_tokens=fed_BT.shape[1] + 1)]
     fast += [decoder.step(fed_BT[:, t]) for t in range(fed_BT.shape[1])]
+    assert all(lay.fuse == (fuse_max_numel > 0) for lay in decoder.layers)
     # Reference: one full forward over prompt + fed tokens, positions counting real tokens only.
     full_ids = torch.cat([ids_BP, fed_BT], dim=1)
     full_mask = torch.cat([mask_BP, torch.ones_like(fed_BT)], dim=1)
@@ -145,3 +169,74 @@ def test_train_mode_with_attention_dropout_is_refused() -> None:
     model = tiny("llama", attention_dropout=0.1)
     assert unsupported_reason(model) is None  # eval mode: dropout is off
     assert "dropout" in str(unsupported_reason(model.train()))
+
+
+def test_stacked_and_separate_weights_give_bit_equal_logits() -> None:
+    # stacking q/k/v and gate/up only changes how many GEMMs run, not any dot product: the rollouts cannot move
+    model = tiny("llama", attention_bias=True, mlp_bias=True)
+    ids_BP, mask_BP = left_pad(PROMPTS, PAD)
+    fed_BT = torch.randint(2, VOCAB, (len(PROMPTS), 5), generator=torch.Generator().manual_seed(2))
+    runs = []
+    for fuse_max_numel in (2**25, 0):
+        decoder = FastDecoder(model, fuse_max_numel=fuse_max_numel)
+        runs.append([decoder.start(ids_BP, mask_BP, 6)] + [decoder.step(fed_BT[:, t]) for t in range(5)])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+@pytest.mark.parametrize(("arch", "temperature"), [("llama", 1.0), ("qwen2", 0.8), ("llama", 0.0)])
+def test_rollouts_equal_model_generate(arch: str, temperature: float) -> None:
+    # Same seed, same samples as transformers' own loop: generate draws from the global generator with
+    # torch.multinomial, HFEngine from its own one seeded alike; finished rows are padded by both.
+    model = tiny(arch)
+    prompts = PROMPTS * 2
+    params = SamplingParams(temperature=temperature, max_new_tokens=14)
+    ours = HFEngine(model, eos_id=EOS, pad_id=PAD, generator=torch.Generator().manual_seed(11)).generate(
+        prompts, params
+    )
+    ids_BP, mask_BP = left_pad(prompts, PAD)
+    config = GenerationConfig(
+        do_sample=temperature > 0, temperature=temperature or None, top_k=0, top_p=1.0, max_new_tokens=14,
+        pad_token_id=PAD, eos_token_id=EOS,
+    )
+    torch.manual_seed(11)
+    with torch.no_grad():
+        theirs_BT = model.generate(input_ids=ids_BP, attention_mask=mask_BP, generation_config=config)[
+            :, ids_BP.shape[1] :
+        ]
+    assert torch.equal(ours.tokens_BT, theirs_BT)
+    if temperature > 0:
+        assert set(ours.finish_reasons) == {"eos", "length"}  # both kinds of row end occur
+
+
+def test_rollouts_use_no_deprecated_transformers_api() -> None:
+    # transformers 5.24 deprecates `past_key_values` (FutureWarning per call) and its output attribute (a
+    # once-per-process log line): both rollout paths must trigger neither
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    hf_logger = logging.getLogger("transformers")
+    transformers.utils.logging.warning_once.cache_clear()  # a line logged earlier in this process is logged again
+    hf_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for model, fast in [(tiny("llama"), True), (tiny("llama"), False), (tiny("qwen2"), False)]:
+                engine = HFEngine(model, eos_id=EOS, pad_id=PAD, fast=fast)
+                engine.generate(PROMPTS, SamplingParams(temperature=1.0, max_new_tokens=6))
+                assert (engine.decoder is not None) == fast
+    finally:
+        hf_logger.removeHandler(handler)
+    seen += [str(w.message) for w in caught]
+    assert not [m for m in seen if re.search(r"deprecat|will be removed", m, re.IGNORECASE)]
+
+
+def test_installed_transformers_is_in_the_pinned_range() -> None:
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    train = [Requirement(r) for r in pyproject["project"]["optional-dependencies"]["train"]]
+    (spec,) = [r for r in train if r.name == "transformers"]
+    assert spec.specifier.contains(version("transformers")), f"installed {version('transformers')} not in {spec}"
+    assert not spec.specifier.contains("5.23.0")  # the newest version without the `cache=` argument

@@ -86,17 +86,18 @@ class HFEngine:
             return self.decoder.start(ids_BP, mask_BP, max_new_tokens), self.decoder.step
         B = ids_BP.shape[0]
         pos_BP = (mask_BP.cumsum(dim=1) - 1).clamp(min=0)  # positions count real tokens only
+        # `cache=` (and the output's `.cache`): the names of transformers >= 5.24, where `past_key_values` is
+        # deprecated (removed in 5.40); pyproject's train extra pins the range
         out = self.model(
-            input_ids=ids_BP, attention_mask=mask_BP, position_ids=pos_BP, past_key_values=DynamicCache(),
-            use_cache=True,
+            input_ids=ids_BP, attention_mask=mask_BP, position_ids=pos_BP, cache=DynamicCache(), use_cache=True
         )
-        state = {"mask_BS": mask_BP, "pos_B": pos_BP[:, -1] + 1, "cache": out.past_key_values}
+        state = {"mask_BS": mask_BP, "pos_B": pos_BP[:, -1] + 1, "cache": out.cache}
 
         def feed(token_B: torch.Tensor) -> torch.Tensor:
             state["mask_BS"] = torch.cat([state["mask_BS"], torch.ones((B, 1), dtype=torch.long)], dim=1)
             out = self.model(
                 input_ids=token_B[:, None], attention_mask=state["mask_BS"], position_ids=state["pos_B"][:, None],
-                past_key_values=state["cache"], use_cache=True,
+                cache=state["cache"], use_cache=True,
             )
             state["pos_B"] = state["pos_B"] + 1
             return out.logits[:, -1]

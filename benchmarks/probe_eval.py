@@ -86,13 +86,23 @@ def _runs(root: Path) -> list[de.Item]:
 
 
 def runs_table(root: Path) -> int:
-    print(f"{'run':34s} {'steps':>5s} {'trunc>=0.5 at':>13s} {'max trunc':>9s}   student loop log-prob (probe), "
-          "step 1 -> last")
-    for it in _runs(root):
-        trunc = [m.get("rollout/truncation_rate", math.nan) for _, m in it.rows]
-        prop = [m.get(STUDENT_LOOP_LOGP, math.nan) for _, m in it.rows]
-        print(f"{it.name:34s} {len(it.rows):5d} {str(it.collapse):>13s} {max(trunc):9.2f} "
-              f"{prop[0]:16.2f} -> {prop[-1]:6.2f}")
+    """Every run in `root`, finished or still running (its status says which)."""
+    from opdwatch.reader import open_run
+
+    print(f"{'run':30s} {'status':9s} {'steps':>5s} {'trunc>=0.5 at':>13s} {'max trunc':>9s} {'last5':>6s}  "
+          "student loop log-prob (probe) step 1 -> last, time/probe / step time")
+    for manifest in sorted(root.glob("*/manifest.json")):
+        run = open_run(manifest.parent)
+        item = de.Item(manifest.parent.name, "", de.run_rows(manifest.parent))
+        if not item.rows:
+            continue
+        trunc = [m.get("rollout/truncation_rate", math.nan) for _, m in item.rows]
+        prop = [m.get(STUDENT_LOOP_LOGP, math.nan) for _, m in item.rows]
+        cost = [m.get("time/probe", math.nan) / (m["time/rollout"] + m["time/score"] + m["time/update"])
+                for _, m in item.rows if "time/rollout" in m]
+        print(f"{item.name:30s} {run.status:9s} {len(item.rows):5d} {str(item.collapse):>13s} {max(trunc):9.2f} "
+              f"{sum(trunc[-5:]) / len(trunc[-5:]):6.2f}  {prop[0]:6.2f} -> {prop[-1]:6.2f}, "
+              f"{sorted(cost)[len(cost) // 2]:.3f} (median)")
     return 0
 
 

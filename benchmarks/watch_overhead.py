@@ -1,7 +1,7 @@
 """What watching costs per step: the watch (detector, policy, event write) and the recorder's fixed per-step
 cost apart from its per-row cost, against a CPU demo step and an estimated 7B step.
 
-    python benchmarks/watch_overhead.py [--steps 2000] [--demo-step-seconds S]
+    python benchmarks/watch_overhead.py [--steps 2000] [--demo-steps 5]
 
 * watch: ``Detector.update``, ``InterventionPolicy.decide`` and the whole ``Watcher.step`` (warn mode, the
   guards included) over a simulated healthy run (no state changes: the per-step hot path), then the cost of
@@ -10,8 +10,8 @@ cost apart from its per-row cost, against a CPU demo step and an estimated 7B st
 * recorder: ``record_step`` timed at several batch sizes (token rows per step), fitted by least squares as
   ``seconds = fixed + per_row * rows``: the fixed part is paid every step whatever the batch (Parquet files,
   manifest rewrite), the per-row part scales with the tokens;
-* references: the CPU demo's step (``--demo-step-seconds``, measured from a run of the `demo_opd` preset:
-  time/rollout + time/score + time/update + time/record_total) and an estimated 7B step (see ``SEVEN_B``).
+* references: the CPU demo's step (``--demo-steps``: steps of the `demo_opd` preset timed between the loop's
+  step hooks, models demo-shaped, see :func:`bench_demo_step`) and an estimated 7B step (see ``SEVEN_B``).
 One core (OMP/BLAS/polars threads pinned to 1); fixed seeds.
 """
 
@@ -120,12 +120,35 @@ def bench_recorder(root: Path, sizes: list[tuple[int, int]], steps: int) -> list
     return out
 
 
+def bench_demo_step(steps: int, root: Path) -> tuple[float, float]:
+    """Median wall and CPU seconds (all threads) of an OPD step of the `demo_opd` preset (2 threads, 16 prompts x
+    4 rollouts, 128-token budget), steps 2.. of a short run. Its models are demo-shaped (student 64x2, teacher
+    128x4) but trained for one step only, so that no 3-minute model build is needed: the step's shapes and work
+    are the demo's, its rollouts' lengths are not."""
+    from opdwatch.trainer.config import load_config
+    from opdwatch.trainer.loop.loop import train
+
+    marks: list[tuple[float, float]] = []
+
+    def mark(step: int, summary: dict[str, float], controller: object) -> None:
+        marks.append((time.perf_counter(), time.process_time()))
+
+    config = load_config("demo_opd", [f"opd.steps={steps + 1}", "val.every=0", "checkpoint.every=0",
+                                      "run.progress=false", f"run.output_dir={root}", f"models.cache_dir={root}/models",
+                                      "demo.student.sft_steps=1", "demo.teacher.sft_steps=1",
+                                      "demo.teacher.copy_steps=1"])
+    train(config, on_step=mark)
+    wall = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
+    cpu = [b[1] - a[1] for a, b in zip(marks, marks[1:])]
+    return statistics.median(wall), statistics.median(cpu)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=2000, help="steps for the watch timings")
     ap.add_argument("--recorder-steps", type=int, default=15, help="steps per batch size for the recorder fit")
-    ap.add_argument("--demo-step-seconds", type=float, default=None,
-                    help="a CPU demo step, measured (time/rollout + score + update + record_total of demo_opd)")
+    ap.add_argument("--demo-steps", type=int, default=0,
+                    help="also time this many OPD steps of the demo_opd preset (needs the trainer extra)")
     args = ap.parse_args()
     console = Console()
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,6 +159,10 @@ def main() -> None:
         with console.status("timing the recorder at several batch sizes"):
             sizes = [(2, 8), (8, 64), (64, 128), (64, 512), (128, 1024)]
             rec = bench_recorder(root, sizes, args.recorder_steps)
+        demo = None
+        if args.demo_steps:
+            with console.status(f"timing {args.demo_steps} steps of demo_opd"):
+                demo = bench_demo_step(args.demo_steps, root / "demo")
     rows = np.array([r for r, _, _ in rec], dtype=float)
     per_row, fixed = np.polyfit(rows, np.array([w for _, w, _ in rec]), 1)
     per_row_cpu, fixed_cpu = np.polyfit(rows, np.array([c for _, _, c in rec]), 1)
@@ -158,8 +185,9 @@ def main() -> None:
 
     step_watch = watch["Watcher.step (warn, guarded)"][0]
     refs = [("estimated 7B step", seven_b_step_seconds())]
-    if args.demo_step_seconds:
-        refs.insert(0, ("CPU demo step (measured)", args.demo_step_seconds))
+    if demo is not None:
+        refs.insert(0, ("CPU demo step, measured (wall)", demo[0]))
+        console.print(f"CPU demo step: {demo[0]:.2f} s wall, {demo[1]:.2f} s CPU (2 threads)")
     s = Table(title="against a training step (wall-clock medians)")
     for col in ("step", "seconds", "watch per step", "recorder fixed per step"):
         s.add_column(col, justify="right")

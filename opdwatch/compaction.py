@@ -23,14 +23,14 @@ goes with its process):
 
 A kill -9 anywhere leaves either the small files (before 4) or the segment, which supersedes them (after 4):
 no duplicated and no missing rows, and no reader sees both (:mod:`opdwatch.segments`). Writers are never
-asked anything: they never write a final step. Running a pass again changes nothing (idempotent).
+asked anything: they never write a final step. Running a pass again changes nothing (idempotent). The segment's
+files are written by :mod:`opdwatch.segment_files`; a resume undoes segments with :mod:`opdwatch.uncompaction`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -38,26 +38,30 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from opdwatch.errors import OpdwatchError
-from opdwatch.format import TABLES, parse_part, part_path
+from opdwatch.format import TABLES, parse_part
 from opdwatch.manifest import now_iso, read_manifest
-from opdwatch.run_files import TABLE_SCHEMAS, Part, part_order, read_part, step_dirs, step_files
+from opdwatch.run_files import Part, part_order, read_part, step_dirs, step_files
+from opdwatch.segment_files import (
+    SourceChanged,
+    fsync_dir,
+    token_sidecar,
+    write_frame,
+    write_index,
+    write_rollout_sidecar,
+    write_table,
+)
 from opdwatch.segments import (
     COMPACTED_DIR,
     FORMAT_MINOR,
     INDEX,
-    ROLLOUT_AGGREGATES,
     SEGMENT_FORMAT,
     TOKEN_AGGREGATES,
     Coverage,
     Segment,
     list_segments,
-    scan_part_rows,
     segment_name,
 )
 
@@ -86,13 +90,6 @@ class CompactionResult:
     busy: bool = False                 # another compactor held the lock (only with wait=False)
 
 
-class _Changed(Exception):
-    """A source file changed, or a row is not where its folder says: the build is dropped."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-
 # ----------------------------------------------------------------------------------------------- api
 def compact(run_dir: str | os.PathLike[str], *, settings: CompactionSettings | None = None,
             final_through: int | None = None, wait: bool = True, progress: Progress | None = None) -> CompactionResult:
@@ -101,7 +98,7 @@ def compact(run_dir: str | os.PathLike[str], *, settings: CompactionSettings | N
     settings = settings or CompactionSettings()
     run = Path(run_dir)
     manifest = read_manifest(run)  # a one-line error for anything that is not a run
-    with _locked(run, wait) as held:
+    with locked(run, wait) as held:
         if not held:
             return CompactionResult(busy=True)
         removed = _sweep_builds(run)
@@ -121,7 +118,7 @@ def compact(run_dir: str | os.PathLike[str], *, settings: CompactionSettings | N
                 seg_rows, seg_files = _build(run, listing, first, final, settings,
                                              (None if progress is None
                                               else lambda n, base=done: progress(base + n, total)))
-            except _Changed as exc:
+            except SourceChanged as exc:
                 odd.add(exc.step)
                 listing = _Listing.of(run, Coverage(list_segments(run)))
                 plan = _plan(listing, last, odd, settings)
@@ -260,7 +257,7 @@ def _build(run: Path, listing: _Listing, first: int, last: int, settings: Compac
     index: dict = {"format": SEGMENT_FORMAT, "format_minor": FORMAT_MINOR, "first_step": first, "last_step": last,
                    "created_at": now_iso(), "files": {}}
     rows_done = files = 0
-    add_tokens, token_rows = _token_sidecar()
+    add_tokens, token_rows = token_sidecar()
     try:
         for table in TABLES:
             parts = listing.parts(table, first, last)
@@ -268,150 +265,22 @@ def _build(run: Path, listing: _Listing, first: int, last: int, settings: Compac
             for phase in sorted({p.phase for p in parts}):
                 chosen = [p for p in parts if p.phase == phase]
                 sidecar = table == "tokens" and phase == "train"
-                spec = _write_table(tmp / f"{table}-{phase}.parquet", table, chosen, settings,
-                                    lambda n, base=rows_done: progress(base + n) if progress else None,
-                                    add_tokens if sidecar else None)
+                spec = write_table(tmp / f"{table}-{phase}.parquet", table, chosen, settings.row_group_rows,
+                                   lambda n, base=rows_done: progress(base + n) if progress else None,
+                                   add_tokens if sidecar else None)
                 index["files"].setdefault(table, {})[phase] = spec
                 rows_done += spec["rows"]
-        _write_frame(tmp / TOKEN_AGGREGATES, token_rows())
-        _write_rollout_sidecar(tmp, listing.parts("rollouts", first, last))
-        _write_index(tmp / INDEX, index)
+        write_frame(tmp / TOKEN_AGGREGATES, token_rows())
+        write_rollout_sidecar(tmp, listing.parts("rollouts", first, last))
+        write_index(tmp / INDEX, index)
         _verify_unchanged(run, listing, first, last)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.rename(tmp, base / name)  # the commit
-        _fsync_dir(base)
+        fsync_dir(base)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return rows_done, files
-
-
-def _write_table(path: Path, table: str, parts: list[Part], settings: CompactionSettings,
-                 progress: Callable[[int], None],
-                 step_frames: Callable[[pl.DataFrame, list[tuple[int, int]]], None] | None = None) -> dict:
-    """Concatenate these files' rows (read exactly as the readers read them) into one Parquet file, one row
-    group per ~row_group_rows (never splitting a step); returns its index entry. ``step_frames(rows, steps)``
-    is handed each batch of rows with its (step, rows) runs on the way (for the sidecar)."""
-    schema = _schema(table, parts)
-    counts: dict[tuple[int, int], int] = {}
-    written = 0
-    tokens = table == "tokens"
-    with pa.OSFile(os.fspath(path), "wb") as fh:  # not a Python file: pyarrow would write through the GIL
-        writer: pq.ParquetWriter | None = None
-        for batch in _batches(parts, settings.row_group_rows):
-            frame = scan_part_rows(batch, schema).collect()
-            _check_homes(frame, batch)
-            if step_frames is not None:
-                step_frames(frame, _step_runs(batch))
-            arrow = frame.to_arrow()
-            if writer is None:
-                writer = pq.ParquetWriter(fh, arrow.schema, compression="zstd",
-                                          use_dictionary=["step", "rank", "rollout"] if tokens else True,
-                                          write_statistics=["step", "rank", "rollout", "position"] if tokens else True)
-            writer.write_table(arrow, row_group_size=max(arrow.num_rows, 1))
-            for p in batch:
-                counts[(p.step, p.rank)] = counts.get((p.step, p.rank), 0) + p.num_rows
-            written += arrow.num_rows
-            progress(written)
-        if writer is not None:
-            writer.close()
-    _fsync(path)
-    return {"name": path.name, "rows": written, "columns": list(schema),
-            "parts": [[s, r, n] for (s, r), n in sorted(counts.items())]}
-
-
-def _schema(table: str, parts: list[Part]) -> dict[str, pl.DataType]:
-    if table != "steps":
-        return dict(TABLE_SCHEMAS[table])
-    from opdwatch.step_table import row_schema
-
-    return row_schema(parts)
-
-
-def _batches(parts: list[Part], rows: int) -> Iterator[list[Part]]:
-    """Runs of consecutive parts of about ``rows`` rows, cut only between steps."""
-    batch: list[Part] = []
-    n = 0
-    for part in parts:
-        if batch and n + part.num_rows > rows and part.step != batch[-1].step:
-            yield batch
-            batch, n = [], 0
-        batch.append(part)
-        n += part.num_rows
-    if batch:
-        yield batch
-
-
-def _step_runs(batch: list[Part]) -> list[tuple[int, int]]:
-    """(step, rows) of a batch's consecutive steps, in order."""
-    runs: list[tuple[int, int]] = []
-    for p in batch:
-        if runs and runs[-1][0] == p.step:
-            runs[-1] = (p.step, runs[-1][1] + p.num_rows)
-        else:
-            runs.append((p.step, p.num_rows))
-    return runs
-
-
-def _check_homes(frame: pl.DataFrame, batch: list[Part]) -> None:
-    """Every row's step and rank are its folder's (the rows come in the order of the files): the segment's
-    index, and the slices readers take by the step and rank columns, could not say otherwise."""
-    counts = [p.num_rows for p in batch]
-    for column, want in (("step", [p.step for p in batch]), ("rank", [p.rank for p in batch])):
-        got = frame[column].to_numpy()
-        bad = np.flatnonzero(got != np.repeat(np.asarray(want, dtype=np.int64), counts))
-        if bad.size:
-            ends = np.cumsum(counts)
-            raise _Changed(batch[int(np.searchsorted(ends, bad[0], side="right"))].step)
-
-
-def _token_sidecar() -> tuple[Callable[[pl.DataFrame, list[tuple[int, int]]], None], Callable[[], pl.DataFrame]]:
-    """(add, result): the step series' token aggregates of each step's rows as they stream past, by the
-    series' own per-step query (:func:`opdwatch.series.token_query`) on the same rows in the same order."""
-    from opdwatch.series import TOKEN_SERIES, token_query  # the analysis layer, which imports the reader
-
-    rows: list[pl.DataFrame] = []
-
-    def add(frame: pl.DataFrame, steps: list[tuple[int, int]]) -> None:
-        queries, offset = [], 0
-        for step, n in steps:
-            queries.append(token_query(frame.slice(offset, n).lazy())
-                           .with_columns(pl.lit(step, dtype=pl.Int64).alias("step")))
-            offset += n
-        rows.append(pl.concat(queries).collect())
-
-    def result() -> pl.DataFrame:
-        schema = {"step": pl.Int64, **{c: pl.Float64 for c in TOKEN_SERIES}, "token_rows": pl.UInt32}
-        if not rows:
-            return pl.DataFrame(schema=schema)
-        return pl.concat(rows).select(pl.col(c).cast(t) for c, t in schema.items())
-
-    return add, result
-
-
-def _write_rollout_sidecar(directory: Path, rollouts: list[Part]) -> None:
-    """The step series' rollout aggregates of these files (the series' own query), both phases."""
-    from opdwatch.series import rollout_query  # the analysis layer, which imports the reader
-
-    frames = [rollout_query(scan_part_rows([p for p in rollouts if p.phase == phase], TABLE_SCHEMAS["rollouts"]))
-              .collect(engine="streaming").with_columns(pl.lit(phase).alias("phase"))
-              for phase in sorted({p.phase for p in rollouts})]
-    if frames:
-        _write_frame(directory / ROLLOUT_AGGREGATES, pl.concat(frames))
-
-
-def _write_frame(path: Path, frame: pl.DataFrame) -> None:
-    with open(path, "wb") as fh:
-        frame.write_parquet(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _write_index(path: Path, index: dict) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(index, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _verify_unchanged(run: Path, listing: _Listing, first: int, last: int) -> None:
@@ -420,12 +289,14 @@ def _verify_unchanged(run: Path, listing: _Listing, first: int, last: int) -> No
     with ThreadPoolExecutor(IO_THREADS) as pool:
         for (table, step, _), now in zip(jobs, pool.map(lambda job: step_files(job[2]), jobs), strict=True):
             if now != {p: listing.sigs[p] for p in listing.files[table].get(step, {})}:
-                raise _Changed(step)
+                raise SourceChanged(step)
 
 
 # ----------------------------------------------------------------------------------------------- housekeeping
 @contextlib.contextmanager
-def _locked(run: Path, wait: bool) -> Iterator[bool]:
+def locked(run: Path, wait: bool) -> Iterator[bool]:
+    """Hold the run's compaction lock (flock on ``compacted/.lock``) while inside; yields False at once if
+    another process holds it and ``wait`` is false. A killed holder's lock goes with its process."""
     base = run / COMPACTED_DIR
     try:
         base.mkdir(exist_ok=True)
@@ -463,69 +334,7 @@ def _remove_empty(step_dir: Path) -> None:
         os.rmdir(step_dir)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# ----------------------------------------------------------------------------------------------- resume
-def uncompact_after(run_dir: str | os.PathLike[str], step: int) -> int:
-    """Before a resume from ``step``: every segment holding steps after it goes. Its rows of steps <= ``step``
-    are first written back as ordinary step partitions (invisible while the segment stands), then the segment
-    is retired by a rename; returns how many segments went. Killed midway, the segment still stands and the
-    resume does it again."""
-    from opdwatch.atomic import write_parquet
-
-    run = Path(run_dir)
-    if not (run / COMPACTED_DIR).is_dir():
-        return 0
-    retired = 0
-    with _locked(run, True):
-        for seg in list_segments(run):
-            if seg.last_step <= step:
-                continue
-            for table in TABLES:
-                schema = {c: TABLE_SCHEMAS[table][c] for c in TABLE_SCHEMAS[table]} if table != "steps" else None
-                kept = [p for p in seg.parts(table) if p.step <= step]
-                by_phase = [[p for p in kept if p.phase == ph] for ph in sorted({p.phase for p in kept})]
-                for batch in (b for chosen in by_phase for b in _batches(chosen, 1_000_000)):
-                    frame = scan_part_rows(batch, schema or _segment_schema(batch)).collect()
-                    for (s, r, phase), rows in _split(frame, batch).items():
-                        opts = {"dictionary_columns": ["step", "rank", "rollout"],
-                                "stats_columns": ["step", "rank", "rollout", "position"]} if table == "tokens" else {}
-                        write_parquet(rows.to_arrow(), part_path(run, table, s, r, phase), **opts)
-            gone = seg.path.with_name(f".{seg.path.name}.retired.tmp-{os.getpid()}")
-            os.rename(seg.path, gone)
-            shutil.rmtree(gone, ignore_errors=True)
-            retired += 1
-    return retired
-
-
-def _segment_schema(parts: list[Part]) -> dict[str, pl.DataType]:
-    from opdwatch.step_table import row_schema
-
-    return row_schema(parts)
-
-
-def _split(frame: pl.DataFrame, batch: list[Part]) -> dict[tuple[int, int, str], pl.DataFrame]:
-    """The rows of each (step, rank) slice of one segment file (one phase), keyed with the phase."""
-    phase = batch[0].phase
-    out = {}
-    for (s, r), rows in frame.partition_by(["step", "rank"], as_dict=True, maintain_order=True).items():
-        out[(int(s), int(r), phase)] = rows
-    return out
-
-
-__all__ = ["FINAL_AFTER", "CompactionResult", "CompactionSettings", "compact", "horizon", "remove_superseded",
-           "uncompact_after"]
+__all__ = ["FINAL_AFTER", "CompactionResult", "CompactionSettings", "compact", "horizon", "locked",
+           "remove_superseded"]

@@ -28,10 +28,10 @@ def wait_for_manifest(run_dir: Path, timeout: float = 120.0) -> dict[str, Any]:
 def drop_after(run_dir: Path, rank: int, step: int) -> None:
     """Remove this rank's table files and events of steps after ``step`` (they are about to be redone).
 
-    Rank 0 first un-compacts every segment holding steps after ``step`` (:func:`opdwatch.compaction.
+    Rank 0 first un-compacts every segment holding steps after ``step`` (:func:`opdwatch.uncompaction.
     uncompact_after`, for all ranks: every rank resumes from the same step)."""
     if rank == 0:
-        from opdwatch.compaction import uncompact_after  # compaction reads through the analysis layer
+        from opdwatch.uncompaction import uncompact_after  # reads through the analysis layer: loaded late
 
         uncompact_after(run_dir, step)
     for table in TABLES:

@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Load the demo teacher and student (shipped with the package and verified "
                        "against their checksums; --rebuild-models trains them from scratch), run plain OPD and "
                        "Stable-OPD from the same seed, and print where the runs are.")
-    p.add_argument("--output-dir", default=None, help="parent directory of the two runs (default runs/demo-<time>)")
+    p.add_argument("--output-dir", default=None, help="parent directory of the runs (default runs/demo-<time>)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads (the trajectory depends on it)")
     p.add_argument("--steps", type=int, default=None, help="OPD steps per run (default: the presets')")
@@ -22,8 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "shipped ones")
     p.add_argument("--ablation", action="store_true",
                    help="the ablation preset instead: plain OPD, + KL, + KL + golden SFT from one seed, larger "
-                   "student, lower lr, more steps, sampled and greedy validation (about 30 min on 2 cores)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to both runs")
+                   "student, lower lr, 250 steps each, sampled and greedy validation (docs/trainer.md)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every run")
     p.set_defaults(handler=handle)
 
 

@@ -103,15 +103,20 @@ def test_a_damaged_model_directory_is_a_one_line_error(rebuilt, tmp_path, damage
 def test_the_shipped_models_verify_and_load_without_training(tmp_path, monkeypatch) -> None:
     _no_training(monkeypatch)
     config = load_config("demo_opd", [f"models.cache_dir={tmp_path / 'empty-cache'}"])
+    names = {role: demo_teacher.model_dir_name(config, role) for role in demo_teacher.ROLES}
+    on_disk = {p.name for p in demo_teacher.SHIPPED_DIR.iterdir() if p.is_dir()}
+    assert on_disk <= set(names.values())  # no directory of another recipe or version left behind
+    shipped = [role for role, name in names.items() if name in on_disk]
+    assert "student" in shipped
     sizes = {}
-    for role in demo_teacher.ROLES:
-        path = demo_teacher.ensure_demo_model(config, role)
-        assert path.parent == demo_teacher.SHIPPED_DIR
+    for role in shipped:
+        path = demo_teacher.ensure_demo_model(config, role)  # verified against its manifest
+        assert path == demo_teacher.SHIPPED_DIR / names[role]
         sizes[role] = num_params(load_causal_lm(str(path), trainable=False))
     assert 80_000 < sizes["student"] < 100_000
-    assert sizes["teacher"] == sizes["teacher_sft"] == sizes["teacher_weak"] and 800_000 < sizes["teacher"] < 900_000
-    shipped = [p for p in demo_teacher.SHIPPED_DIR.rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in shipped) < 16_000_000  # a few MB
+    assert all(800_000 < n < 900_000 for role, n in sizes.items() if role != "student")
+    files = [p for p in demo_teacher.SHIPPED_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 16_000_000  # a few MB
 
 
 def test_pyproject_ships_every_model_file() -> None:

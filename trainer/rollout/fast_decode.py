@@ -4,14 +4,17 @@ On the tiny demo models a decode step is ~60 small tensor ops, so transformers' 
 building, cache objects, module dispatch) costs more than the arithmetic. This module runs the same math
 functionally on the HF model's own parameters with a preallocated KV cache:
 
-- weights: the decoder reads the model's Parameter objects at `start` (references, never copies), so an
-  optimizer step between two rollout batches is seen by the next one;
+- weights: the decoder reads the model's Parameter objects at every `start`, so an optimizer step between two
+  rollout batches is seen by the next one: by reference, except that on small models the q/k/v and the gate/up
+  weights are stacked (a fresh copy per batch) so that a step runs 4 GEMMs per layer instead of 7;
 - KV cache: one tensor (layers, 2, B, kv_heads, max_len, head_dim), written in place, one column per step;
   prompts are left-padded, so every row writes the same column and reads the prefix [0, column];
 - positions: per row, counted over real tokens (pads do not count), exactly like `HFEngine`'s generic path;
+  the RoPE rows of all decode steps are gathered at `start`; RoPE runs on the q and k heads in one pass;
   pad keys are masked out; a pad query attends to itself only, so its (unused) K/V stay finite;
 - op order follows transformers' modeling_llama (RMSNorm in float32, rotate-half RoPE, SiLU-gated MLP), so
-  logits match the HF forward to float rounding (tests/trainer/test_fast_decode.py).
+  logits match the HF forward to float rounding and tokens match `model.generate` for the same seed
+  (tests/trainer/test_fast_decode.py); stacking and the one-pass RoPE leave every logit bit-equal.
 
 Anything the math does not cover (other architectures, RoPE scaling, sliding windows, attention dropout in train
 mode, non-SiLU activations) is refused by `unsupported_reason`, and `HFEngine` then uses its generic loop.

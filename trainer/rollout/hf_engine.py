@@ -2,8 +2,8 @@
 
 On tiny CPU models transformers' per-step overhead dominates: a loop over the HF forward is only ~1.1x
 `model.generate`, so Llama/Qwen2 models are decoded by rollout.fast_decode (the same math on the model's own
-parameters with a preallocated KV cache, ~2-2.5x `generate`); other models use the HF forward
-(benchmarks/rollout_throughput.py compares all three).
+parameters with a preallocated KV cache); other models use the HF forward, passing the cache as `cache=` (the
+argument of transformers >= 5.24). benchmarks/rollout_throughput.py compares all three.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def _state(signal: str, level: str = "warning", previous: str = "ok") -> Detecto
 @pytest.mark.parametrize("signal", ["truncation", "rep_share", "adv_gap", "eos_adv", "teacher_logp"])
 def test_each_alert_quotes_its_familys_section_and_adds_the_runs_numbers(signal):
     family = SIGNALS[signal].family
-    ctx = AlertContext(name="exp", config={"warmup": {"lr": 1e-4}, "opd": {"lr": 3e-3}, "trl": {"lmbda": 0.5}},
+    ctx = AlertContext(name="exp", config={"warmup": {"lr": 1e-4}, "opd": {"lr": 3e-3}, "trl": {"lmbda": 1.0}},
                        checkpoints=lambda: [2, 4, 6, 8], restore_margin_steps=3, dashboard_url="http://127.0.0.1:8050")
     msg = build_alert(_state(signal, "alarm", "warning"), ctx, mode="warn", decisions=[], acted=[], beta=0.0,
                       alpha=0.0, policy=PolicySettings(), last_ok_step=10)
@@ -54,7 +54,7 @@ def test_each_alert_quotes_its_familys_section_and_adds_the_runs_numbers(signal)
     assert msg.actions == (
         "raise beta 0->0.2, alpha 0->1 (the watch.policy ladder for an alarm)",  # two rungs on an alarm
         "halve the learning rate: opd.lr 0.003 -> 0.0015",  # opd.lr, not the warm-up's
-        "TRL GKD/GOLD: halve the on-policy fraction trl.lmbda 0.5 -> 0.25",
+        "TRL GKD/GOLD: lower the on-policy fraction trl.lmbda 1 -> 0.5 (the golden share that alpha 1 gives)",
         "roll back to the checkpoint of step 6 (the newest at or before step 7: the last healthy step 10 minus "
         "restore_margin_steps 3)")
     assert msg.acted.startswith("nothing: watch.mode is 'warn'")

@@ -84,6 +84,7 @@ def build_alert(state: DetectorState, ctx: AlertContext, *, mode: str, decisions
 
 def _actions(state: DetectorState, ctx: AlertContext, *, beta: float, alpha: float, policy: PolicySettings,
              last_ok_step: int | None, after_act: bool, restored: bool) -> tuple[str, ...]:
+    from opdwatch.detector.knobs import lmbda_of_alpha
     from opdwatch.detector.policy import describe_change, raise_targets
 
     out = []
@@ -98,9 +99,12 @@ def _actions(state: DetectorState, ctx: AlertContext, *, beta: float, alpha: flo
     lr_key, lr = _find(ctx.config, ("lr", "learning_rate"), first=("opd",))  # opd.lr, not the SFT warm-up's
     out.append(f"halve the learning rate: {lr_key} {lr:g} -> {lr / 2:g}" if lr_key else
                "halve the learning rate (not found in the run's config)")
-    lmbda_key, lmbda = _find(ctx.config, ("lmbda",))
-    if lmbda_key:
-        out.append(f"TRL GKD/GOLD: halve the on-policy fraction {lmbda_key} {lmbda:g} -> {lmbda / 2:g}")
+    lmbda_key, _ = _find(ctx.config, ("lmbda",))
+    if lmbda_key:  # the knobs' alpha is TRL's lmbda (detector.knobs): the current value, not the config's copy
+        now, target = lmbda_of_alpha(alpha), lmbda_of_alpha(new_alpha)
+        out.append(f"TRL GKD/GOLD: lower the on-policy fraction {lmbda_key} {now:.3g} -> {target:.3g} (the golden "
+                   f"share that alpha {new_alpha:g} gives)" if target < now else
+                   f"TRL GKD/GOLD: the on-policy fraction {lmbda_key} is at {now:.3g}; lower the learning rate")
     if state.level == "alarm" and not restored:
         out.append(_rollback(ctx, last_ok_step))
     return tuple(out)

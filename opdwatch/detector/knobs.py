@@ -21,6 +21,19 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
+# TRL's GKD/GOLD trainers have no α: their on-policy fraction ``lmbda`` plays its part. Expected loss =
+# lmbda·on-policy + (1 − lmbda)·golden, so the golden-to-on-policy weight ratio is α = (1 − lmbda)/lmbda. One
+# definition, used by the TRL knobs (act mode) and by the alerts' recommendation (what to set by hand).
+def alpha_of_lmbda(lmbda: float) -> float:
+    """Golden-to-on-policy weight ratio of an on-policy fraction ``lmbda`` in (0, 1]."""
+    return (1.0 - float(lmbda)) / float(lmbda)
+
+
+def lmbda_of_alpha(alpha: float) -> float:
+    """The on-policy fraction whose golden share has weight ratio ``alpha`` >= 0."""
+    return 1.0 / (1.0 + float(alpha))
+
+
 @dataclass(frozen=True)
 class ControlEvent:
     step: int | None  # step after which the change was made (None before training)

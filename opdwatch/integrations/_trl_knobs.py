@@ -25,17 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from opdwatch.detector.knobs import ControlEvent, Controller, record_events
-
-
-def alpha_of_lmbda(lmbda: float) -> float:
-    """Golden-to-on-policy weight ratio of an on-policy fraction ``lmbda`` in (0, 1]."""
-    return (1.0 - float(lmbda)) / float(lmbda)
-
-
-def lmbda_of_alpha(alpha: float) -> float:
-    """The on-policy fraction whose golden share has weight ratio ``alpha`` >= 0."""
-    return 1.0 / (1.0 + float(alpha))
+from opdwatch.detector.knobs import ControlEvent, Controller, alpha_of_lmbda, lmbda_of_alpha, record_events
 
 
 class TRLKnobs:

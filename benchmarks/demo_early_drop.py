@@ -8,6 +8,7 @@ not the teacher's signal.
 
     python benchmarks/demo_early_drop.py                 # train the arms (1 thread each), then the table + figure
     python benchmarks/demo_early_drop.py --reuse         # only the table + figure from the runs already there
+    python benchmarks/demo_early_drop.py --model-acc DIR...   # sampled and greedy accuracy of model directories
 """
 
 from __future__ import annotations
@@ -80,12 +81,42 @@ def table(out: Path, arms: list[str]) -> go.Figure:
     return fig
 
 
+def model_accuracy(dirs: list[str], prompts: int = 256) -> None:
+    """Sampled (T=1) and greedy accuracy and truncation of model directories on the first `prompts` validation
+    prompts, through the trainer's own `validate` (1 thread, fixed generators)."""
+    import torch
+
+    from opdwatch.trainer.config import load_config
+    from opdwatch.trainer.data.models import load_causal_lm, load_tokenizer
+    from opdwatch.trainer.data.task import make_splits
+    from opdwatch.trainer.loop.validation import validate
+    from opdwatch.trainer.rollout.engine import SamplingParams
+    from opdwatch.trainer.rollout.hf_engine import HFEngine
+
+    torch.set_num_threads(1)
+    val = make_splits(load_config("demo_opd").data).val[:prompts]
+    for d in dirs:
+        tok, model = load_tokenizer(d), load_causal_lm(d, trainable=False)
+        engine = HFEngine(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, stop_ids=(tok.eos_token_id,),
+                          generator=torch.Generator().manual_seed(0))
+        cells = []
+        for name, temperature in (("T=1", 1.0), ("greedy", 0.0)):
+            r = validate(engine, tok, val, SamplingParams(temperature, 1.0, 128), torch.Generator().manual_seed(1))
+            truncated = sum(f == "length" for f in r.batch.finish_reasons) / len(val)
+            cells.append(f"{name}: accuracy {sum(r.correct) / len(val):.3f}, truncation {truncated:.3f}")
+        print(d, " | ".join(cells), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/early_drop"), help="parent of the runs")
     ap.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--reuse", action="store_true", help="do not train; read the runs already in --out")
+    ap.add_argument("--model-acc", nargs="+", metavar="DIR", help="only measure these model directories' accuracy")
     args = ap.parse_args(argv)
+    if args.model_acc:
+        model_accuracy(args.model_acc)
+        return 0
     if not args.reuse:
         train(args.out, args.arms)
     fig = table(args.out, args.arms)

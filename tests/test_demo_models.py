@@ -104,8 +104,10 @@ def test_the_shipped_models_verify_and_load_without_training(tmp_path, monkeypat
     _no_training(monkeypatch)
     config = load_config("demo_opd", [f"models.cache_dir={tmp_path / 'empty-cache'}"])
     names = {role: demo_teacher.model_dir_name(config, role) for role in demo_teacher.ROLES}
+    ablation_student = demo_teacher.model_dir_name(load_config("ablation_opd"), "student")  # the larger student
     on_disk = {p.name for p in demo_teacher.SHIPPED_DIR.iterdir() if p.is_dir()}
-    assert on_disk <= set(names.values())  # no directory of another recipe or version left behind
+    assert on_disk <= {*names.values(), ablation_student}  # no directory of another recipe or version left behind
+    assert 300_000 < num_params(load_causal_lm(str(demo_teacher.SHIPPED_DIR / ablation_student), trainable=False))
     shipped = [role for role, name in names.items() if name in on_disk]
     assert "student" in shipped
     sizes = {}

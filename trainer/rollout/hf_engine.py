@@ -113,20 +113,25 @@ class HFEngine:
         logits_BV, feed = self._start(ids_BP, mask_BP, params.max_new_tokens)
         tokens, logps = [], []
         done_B = torch.zeros(B, dtype=torch.bool)
-        lengths_B = torch.zeros(B, dtype=torch.long)
         sample = self._sampler(B, params, rows)
         for t in range(params.max_new_tokens):
+            # Finished rows go on being sampled and fed their own tokens until all rows are done: rows never
+            # mix (attention, GEMM rows and the random draws are per row), so this changes no other row's tokens,
+            # and their padding is applied once after the loop instead of at every step.
             token_B, logp_B = sample(logits_BV, t)
-            token_B = token_B.masked_fill(done_B, self.pad_id)
             tokens.append(token_B)
-            logps.append(logp_B.masked_fill(done_B, 0.0))
-            lengths_B += (~done_B).long()
+            logps.append(logp_B)
             done_B |= torch.isin(token_B, self.stop_ids)
             if bool(done_B.all()):
                 break
             logits_BV = feed(token_B)
         tokens_BT = torch.stack(tokens, dim=1)
+        stop_BT = torch.isin(tokens_BT, self.stop_ids)
+        after_stop_BT = (stop_BT.cumsum(dim=1) - stop_BT.long()) > 0  # strictly after the row's first stop token
         finish: list[FinishReason] = ["eos" if d else "length" for d in done_B.tolist()]
         return RolloutBatch(
-            tokens_BT=tokens_BT, logp_BT=torch.stack(logps, dim=1), lengths_B=lengths_B, finish_reasons=finish
+            tokens_BT=tokens_BT.masked_fill(after_stop_BT, self.pad_id),
+            logp_BT=torch.stack(logps, dim=1).masked_fill(after_stop_BT, 0.0),
+            lengths_B=(~after_stop_BT).sum(dim=1),
+            finish_reasons=finish,
         )

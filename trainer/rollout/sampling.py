@@ -36,7 +36,8 @@ def sampling_logp(logits_BV: torch.Tensor, *, temperature: float, top_p: float) 
     -inf outside it. temperature must be > 0 (greedy decoding is not a distribution)."""
     if temperature <= 0:
         raise OpdwatchError(f"temperature={temperature}: must be > 0 to sample (use greedy_next for 0)")
-    logp_BV = torch.log_softmax(logits_BV.float() / temperature, dim=-1)
+    scaled_BV = logits_BV.float() if temperature == 1.0 else logits_BV.float() / temperature  # x / 1 == x exactly
+    logp_BV = torch.log_softmax(scaled_BV, dim=-1)
     if top_p >= 1.0:
         return logp_BV
     keep_BV = nucleus_mask(logp_BV, top_p)

@@ -4,8 +4,11 @@ The rule follows the mechanism (Demystifying OPD, shared/notes/cpu-collapse-stud
 teacher pays more advantage for continuing a started loop than for the response's own tokens (loop incentive)
 and does not pay for stopping after a repeat (EOS advantage after a repeat). High risk needs a loop incentive
 of at least `incentive_high` and one of the two aggravating facts (stopping after a repeat penalised, or the
-teacher itself continuing loops readily); low risk needs an incentive below `incentive_low`. The thresholds were
-chosen on the demo pairs with student seed 0 and checked on seeds 1 and 2 (docs/probe.md).
+teacher itself continuing loops readily); low risk: an incentive below `incentive_low`, or neither aggravating
+fact (an incentive measured on student rollouts also holds the teacher's disapproval of the student's own regular
+tokens, which does not make loops pay). The incentive thresholds were fixed before any measurement; the EOS
+penalty and the "neither fact" rule were set on student seed 0 of the clean and weak demo pairs and checked on
+seeds 1-2 and on the copy-prior pair (docs/probe.md).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ class RiskThresholds:
     incentive_high: float = 1.0
     # loop incentive below which loops earn no more than regular tokens: low risk
     incentive_low: float = 0.3
-    # EOS advantage after a repeat below which stopping after a loop is penalised (nats)
-    eos_penalty: float = 0.0
+    # EOS advantage after a repeat below which stopping after a loop is penalised (nats; set on seed 0 of the
+    # demo pairs: clean -0.01, weak prior -1.40)
+    eos_penalty: float = -0.5
     # teacher log-prob per loop token at or above which the teacher itself continues loops (a copy prior)
     teacher_loop_logp: float = -1.5
 
@@ -54,6 +58,6 @@ def risk_verdict(metrics: dict[str, float], thresholds: RiskThresholds | None = 
                        + ("continues loops (copy prior)" if copies else "does not readily continue loops"))
     if inc >= th.incentive_high and (penalised or copies):
         return RiskVerdict("high", reasons)
-    if inc < th.incentive_low:
+    if inc < th.incentive_low or not (penalised or copies):
         return RiskVerdict("low", reasons)
     return RiskVerdict("medium", reasons)

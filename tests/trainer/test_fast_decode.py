@@ -13,11 +13,6 @@ import pytest
 import torch
 import transformers
 from packaging.requirements import Requirement
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: pytest's own dependency
-    import tomli as tomllib
 from transformers import (
     GenerationConfig,
     GPT2Config,
@@ -31,6 +26,11 @@ from transformers import (
 from opdwatch.trainer.rollout.engine import RowIndex, SamplingParams
 from opdwatch.trainer.rollout.fast_decode import FastDecoder, unsupported_reason
 from opdwatch.trainer.rollout.hf_engine import HFEngine, left_pad
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest's own dependency
+    import tomli as tomllib
 
 VOCAB, PAD, EOS = 37, 0, 1
 PROMPTS = [[3, 4, 5], [7, 8, 9, 10, 11, 12, 2], [5], [9, 9, 9, 9], [6, 7]]  # left padding of 0..6 columns

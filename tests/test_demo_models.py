@@ -107,9 +107,9 @@ def test_the_shipped_models_verify_and_load_without_training(tmp_path, monkeypat
     ablation_student = demo_teacher.model_dir_name(load_config("ablation_opd"), "student")  # the larger student
     on_disk = {p.name for p in demo_teacher.SHIPPED_DIR.iterdir() if p.is_dir()}
     assert on_disk <= {*names.values(), ablation_student}  # no directory of another recipe or version left behind
-    assert 300_000 < num_params(load_causal_lm(str(demo_teacher.SHIPPED_DIR / ablation_student), trainable=False))
+    assert num_params(load_causal_lm(str(demo_teacher.SHIPPED_DIR / ablation_student), trainable=False)) > 300_000
     shipped = [role for role, name in names.items() if name in on_disk]
-    assert "student" in shipped
+    assert shipped == list(demo_teacher.ROLES)  # every role ships: `opdwatch demo` trains nothing
     sizes = {}
     for role in shipped:
         path = demo_teacher.ensure_demo_model(config, role)  # verified against its manifest

@@ -96,7 +96,7 @@ def test_summary_by_hand() -> None:
 
 
 def test_verdict_levels_and_reasons() -> None:
-    th = RiskThresholds(incentive_high=1.0, incentive_low=0.3, eos_penalty=-0.5, teacher_loop_logp=-1.5)
+    th = RiskThresholds(incentive_high=1.0, incentive_low=0.3, eos_penalty=-0.5, teacher_loop_logp=-1.0)
     high = risk_verdict({LOOP_INCENTIVE: 2.0, EOS_ADV_REPEAT: -1.0}, th)
     assert high.risk == "high" and any("penalised" in r for r in high.reasons)
     assert risk_verdict({LOOP_INCENTIVE: 0.1, EOS_ADV_REPEAT: -1.0}, th).risk == "low"
@@ -104,7 +104,7 @@ def test_verdict_levels_and_reasons() -> None:
     assert risk_verdict({LOOP_INCENTIVE: 2.0, EOS_ADV_REPEAT: 1.0, TEACHER_LOOP_LOGP: -0.5}, th).risk == "high"
     # an incentive with neither aggravating fact (stopping pays, the teacher does not continue loops): low
     assert risk_verdict({LOOP_INCENTIVE: 0.6, EOS_ADV_REPEAT: 0.0, TEACHER_LOOP_LOGP: -3.0}, th).risk == "low"
-    assert risk_verdict({LOOP_INCENTIVE: 2.0, EOS_ADV_REPEAT: -0.2, TEACHER_LOOP_LOGP: -3.0}, th).risk == "low"
+    assert risk_verdict({LOOP_INCENTIVE: 2.0, EOS_ADV_REPEAT: -0.2, TEACHER_LOOP_LOGP: -3.0}, th).risk == "medium"
     assert risk_verdict({LOOP_INCENTIVE: math.nan}, th).risk == "medium"
 
 

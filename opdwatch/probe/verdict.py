@@ -2,13 +2,13 @@
 
 The rule follows the mechanism (Demystifying OPD, shared/notes/cpu-collapse-study.md): OPD collapses when the
 teacher pays more advantage for continuing a started loop than for the response's own tokens (loop incentive)
-and does not pay for stopping after a repeat (EOS advantage after a repeat). High risk needs a loop incentive
-of at least `incentive_high` and one of the two aggravating facts (stopping after a repeat penalised, or the
-teacher itself continuing loops readily); low risk: an incentive below `incentive_low`, or neither aggravating
-fact (an incentive measured on student rollouts also holds the teacher's disapproval of the student's own regular
-tokens, which does not make loops pay). The incentive thresholds were fixed before any measurement; the EOS
-penalty and the "neither fact" rule were set on student seed 0 of the clean and weak demo pairs and checked on
-seeds 1-2 and on the copy-prior pair (docs/probe.md).
+and does not pay for stopping after a repeat (EOS advantage after a repeat). High risk needs a loop incentive of
+at least `incentive_high` and one of two aggravating facts (stopping after a repeat penalised, or the teacher
+itself continuing loops readily). Low risk: an incentive below `incentive_low`, or below `incentive_high` with
+neither aggravating fact (an incentive measured on student rollouts also holds the teacher's disapproval of the
+student's own regular tokens, which does not make loops pay). The incentive thresholds were fixed before any
+measurement; `eos_penalty`, `teacher_loop_logp` and the "neither fact" rule were set on student seed 0 of the
+clean and weak-prior demo pairs, then checked on seeds 1-2 and on the copy-prior pair (docs/probe.md).
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ class RiskThresholds:
     # EOS advantage after a repeat below which stopping after a loop is penalised (nats; set on seed 0 of the
     # demo pairs: clean -0.01, weak prior -1.40)
     eos_penalty: float = -0.5
-    # teacher log-prob per loop token at or above which the teacher itself continues loops (a copy prior)
-    teacher_loop_logp: float = -1.5
+    # teacher log-prob per loop token at or above which the teacher itself continues loops (a copy prior; set on
+    # seed 0: clean -1.48, weak prior -0.63)
+    teacher_loop_logp: float = -1.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,6 @@ def risk_verdict(metrics: dict[str, float], thresholds: RiskThresholds | None = 
                        + ("continues loops (copy prior)" if copies else "does not readily continue loops"))
     if inc >= th.incentive_high and (penalised or copies):
         return RiskVerdict("high", reasons)
-    if inc < th.incentive_low or not (penalised or copies):
+    if inc < th.incentive_low or (inc < th.incentive_high and not (penalised or copies)):
         return RiskVerdict("low", reasons)
     return RiskVerdict("medium", reasons)

@@ -12,6 +12,7 @@ import copy
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -209,18 +210,21 @@ def test_warn_mode_alerts_into_the_trainers_wandb_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_PROJECT", "trl-attach")
     trainer = make_trainer("gkd", tmp_path / "out", max_steps=3, report_to=["wandb"])
     attach(trainer, tmp_path / "run", TRLWatch(mode="warn", strict=True))
+    run_dirs = []  # where wandb really wrote: an earlier test in the same process can pin wandb's directory
     try:
         trainer.train()
     finally:
         if wandb.run is not None:
+            run_dirs.append(Path(wandb.run.dir).parent)
             wandb.finish()
+    assert run_dirs, "the trainer never started a wandb run"
     events = open_run(tmp_path / "run").events()
     alerts = events.filter(pl.col("kind") == "alert")
     assert alerts.height >= 1 and "wandb" in alerts["data"][0]
     title = alerts["message"][0].encode()
     deadline, blob = time.monotonic() + 20, b""
     while time.monotonic() < deadline and title not in blob:  # the service process's last flush may trail
-        blob = b"".join(f.read_bytes() for f in tmp_path.rglob("*.wandb"))
+        blob = b"".join(f.read_bytes() for f in run_dirs[0].glob("*.wandb"))
         time.sleep(0.2)
     assert title in blob
 

@@ -1,5 +1,6 @@
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -56,6 +57,7 @@ def test_wandb_offline_run_files_contain_the_alert(tmp_path, monkeypatch):
     sink = WandbSink(WandbSettings(enabled=True, alert_min_steps=10), name="alert-test")
     try:
         assert wandb.run is not None
+        run_dir = Path(wandb.run.dir).parent  # where wandb really writes: an earlier test can pin its directory
         sink.log(5, {"rollout/truncation_rate": 0.02, "detector/level": 1.0})
         alert = alert_for(_state(5, "warning", "ok"), run_name="alert-test")
         assert sink.alert(alert) is True
@@ -65,7 +67,7 @@ def test_wandb_offline_run_files_contain_the_alert(tmp_path, monkeypatch):
     # wandb's service process writes the .wandb file; under load its last flush can trail finish() a little.
     deadline, blob = time.monotonic() + 20, b""
     while time.monotonic() < deadline:
-        blob = b"".join(f.read_bytes() for f in tmp_path.rglob("*.wandb"))
+        blob = b"".join(f.read_bytes() for f in run_dir.glob("*.wandb"))
         if alert.title.encode() in blob:
             break
         time.sleep(0.2)

@@ -167,22 +167,30 @@ def _check(metrics: tuple[MetricDef, ...]) -> None:
 _check(METRICS)
 
 
-def stored_columns(level: Level) -> tuple[str, ...]:
-    """The stored columns the metrics of ``level`` read (sources and masks, DERIVED ones expanded), in
-    table order: what a scan of that level's table must select."""
+def columns_read(d: MetricDef) -> tuple[str, ...]:
+    """The stored columns metric ``d`` reads: its source and its mask's, DERIVED ones expanded."""
     seen: dict[str, None] = {}
 
     def stored(name: str) -> _Probe:
         seen[name] = None
         return _Probe()
 
-    for d in METRICS:
-        if d.level == level:
-            for name in [d.source] if d.source is not None else []:
-                resolve(name, stored)
-            if d.mask is not None:
-                d.mask.where(lambda name: resolve(name, stored))
+    if d.source is not None:
+        resolve(d.source, stored)
+    if d.mask is not None:
+        d.mask.where(lambda name: resolve(name, stored))
     return tuple(seen)
+
+
+def stored_columns(level: Level) -> tuple[str, ...]:
+    """The stored columns the metrics of ``level`` read, in table order: what a scan of that level's table
+    must select."""
+    return tuple(dict.fromkeys(c for d in METRICS if d.level == level for c in columns_read(d)))
+
+
+def metrics_reading(columns: frozenset[str]) -> tuple[str, ...]:
+    """Keys of the metrics that read any of ``columns`` (through their source or their mask)."""
+    return tuple(d.key for d in METRICS if columns.intersection(columns_read(d)))
 
 
 class _Probe:

@@ -43,25 +43,13 @@ from opdwatch.format import (
     part_path,
 )
 from opdwatch.manifest import new_manifest, read_manifest, write_manifest
-from opdwatch.metric_defs import (
-    ADV_REGULAR_MEAN,
-    ADV_REPETITIVE_MEAN,
-    ADV_TAIL_MEAN,
-    EOS_ADVANTAGE_MEAN,
-    LOOP_RATE,
-    NGRAM_REPEAT_SHARE,
-    REPETITION_RATE,
-    REPETITIVE_SHARE,
-    ROLLOUT_COUNT,
-    TAIL_SHARE,
-    ZLIB_TAIL_RATIO_MEAN,
-    Columns,
-)
+from opdwatch.metric_defs import ROLLOUT_COUNT, Columns, metrics_reading
 from opdwatch.rollout_fields import RolloutFields, derive_fields
 
-# Step metrics computed from the derived fields: unknown (NaN) for a step whose derivation failed
-UNDERIVED_METRICS = (REPETITION_RATE, LOOP_RATE, ZLIB_TAIL_RATIO_MEAN, REPETITIVE_SHARE, NGRAM_REPEAT_SHARE,
-                     TAIL_SHARE, ADV_REPETITIVE_MEAN, ADV_REGULAR_MEAN, ADV_TAIL_MEAN, EOS_ADVANTAGE_MEAN)
+# Stored columns that derive_fields computes (truncation is not among them: it comes from the finish reasons), and
+# the step metrics that read them: unknown (NaN) for a step whose derivation failed
+DERIVED_FIELD_COLUMNS = frozenset({"repetitive", "looping", "zlib_tail_ratio", "rep_ngram", "rep_tail", "eos"})
+UNDERIVED_METRICS = metrics_reading(DERIVED_FIELD_COLUMNS)
 
 
 @dataclass(frozen=True)

@@ -112,3 +112,30 @@ def test_the_probe_package_imports_without_torch() -> None:
     code = ("import sys; import opdwatch.probe, opdwatch.probe.scoring, opdwatch.probe.models, "
             "opdwatch.plots.probe; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_middle_prefix_cuts_at_the_sentence_end_nearest_the_middle() -> None:
+    from opdwatch.probe.counterfactual import middle_prefix
+
+    dot = 9
+    # ends at 1, 4, 7 (index 10 is the last token and never a cut); middle of 11 tokens is 5 -> cut after 4
+    resp = [1, dot, 2, 3, dot, 4, 5, dot, 6, 7, dot]
+    assert middle_prefix(resp, {dot}) == (1, dot, 2, 3, dot)
+    # a tie between two ends at equal distance goes to the earlier one
+    assert middle_prefix([1, dot, 2, dot, 3], {dot}) == (1, dot)
+    # no delimiter before the last token: half the length, at least one token
+    assert middle_prefix([1, 2, 3, 4, 5], {dot}) == (1, 2)
+    assert middle_prefix([5], {dot}) == (5,)
+    with pytest.raises(OpdwatchError, match="empty"):
+        middle_prefix([], {dot})
+    # the cut response's loop repeats its own last sentence: a mid-solution loop
+    spec = ChunkSpec(mode="sentence", delimiters=frozenset({dot}))
+    cf = build_counterfactual([0], middle_prefix(resp, {dot}), spec, 3)
+    assert cf.chunk == (2, 3, dot) and cf.tokens == (1, dot, 2, 3, dot, 2, 3, dot, 2, 3, dot)
+
+
+def test_in_family_renames_only_probe_keys() -> None:
+    from opdwatch.probe.summary import in_family
+
+    assert in_family({LOOP_INCENTIVE: 1.0, "time/probe": 2.0}, "middle") == {
+        "probe/middle/loop_incentive": 1.0, "time/probe": 2.0}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from opdwatch.probe.summary import DELTA_SUFFIX, HEADLINE_KEYS, LOOP_INCENTIVE, STUDENT_LOOP_LOGP
+from opdwatch.probe.summary import DELTA_SUFFIX, HEADLINE_KEYS, LOOP_INCENTIVE, STUDENT_LOOP_LOGP, in_family
 from opdwatch.reader import open_run
 from opdwatch.trainer.config import TrainConfig, load_config
 from opdwatch.trainer.data.models import save_model_dir
@@ -40,7 +40,7 @@ def _run(tmp_path: Path, name: str, *extra: str) -> Path:
 def test_in_run_probe_leaves_the_weights_identical(tmp_path: Path) -> None:
     plain = _run(tmp_path, "plain")
     probed = _run(tmp_path, "probed", "probe.every=1", "probe.num_prompts=4", "probe.copies=3",
-                  "probe.batch_size=3")
+                  "probe.batch_size=3", "probe.middle=true")
     a = torch.load(list_checkpoints(plain)[-1] / "state.pt", weights_only=False)
     b = torch.load(list_checkpoints(probed)[-1] / "state.pt", weights_only=False)
     assert a["student"].keys() == b["student"].keys()
@@ -51,6 +51,12 @@ def test_in_run_probe_leaves_the_weights_identical(tmp_path: Path) -> None:
     for key in HEADLINE_KEYS:
         assert steps[key].is_not_null().all() and steps[key + DELTA_SUFFIX].is_not_null().all(), key
     assert (steps[PROBE_TIME] > 0).all()
+    # probe.middle: the mid-solution loops' family beside the end-of-solution one, on other sequences
+    for key in HEADLINE_KEYS:
+        mid = in_family({key: 0.0}, "middle")
+        (mid_key,) = mid
+        assert steps[mid_key].is_not_null().all() and steps[mid_key + DELTA_SUFFIX].is_not_null().all(), mid_key
+    assert steps[in_family({STUDENT_LOOP_LOGP: 0}, "middle").popitem()[0]][0] != steps[STUDENT_LOOP_LOGP][0]
     # the student moved (lr 1e-2), so its loop propensity moved away from step 0's
     assert abs(steps[STUDENT_LOOP_LOGP + DELTA_SUFFIX][-1]) > 0
     assert LOOP_INCENTIVE not in open_run(plain).steps("train").collect().columns

@@ -283,6 +283,9 @@ class ProbeConfig:
     chunk: str = "sentence"  # what repeats: the last line | sentence | window of `window` tokens
     window: int = 8  # window chunk length (and the fallback when a response has no sentence end)
     batch_size: int = 16  # probe rows per forward
+    # also loops of a mid-solution sentence (each golden solution cut after the sentence end nearest its middle),
+    # recorded as probe/middle/... beside probe/...: collapsing students loop inside the solution (docs/probe.md)
+    middle: bool = False
 
     def validate(self) -> None:
         _check(self.every >= 0 and self.num_prompts >= 1 and self.batch_size >= 1 and self.window >= 1,

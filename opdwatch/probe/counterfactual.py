@@ -102,6 +102,23 @@ def eos_sequence(cf: Counterfactual, repeats: int, eos_id: int) -> tuple[int, ..
     return cf.tokens[: cf.boundaries[repeats]] + (int(eos_id),)
 
 
+def middle_prefix(response: Sequence[int], delimiters: Collection[int]) -> tuple[int, ...]:
+    """The response cut after the sentence (or line) end nearest its middle: a mid-solution point to loop from.
+
+    Why: the end-of-response probe repeats the final chunk (` \\boxed{12}` in the demo task), but students that
+    collapse loop inside the solution (docs/probe.md, measured); a loop of a mid-solution sentence is closer to what
+    they do. Without a delimiter before the last token the cut is at half the length (at least one token)."""
+    response = tuple(int(t) for t in response)
+    if not response:
+        raise OpdwatchError("cannot cut an empty response")
+    ends = [i for i, t in enumerate(response[:-1]) if t in delimiters]
+    if not ends:
+        return response[: max(1, len(response) // 2)]
+    middle = (len(response) - 1) / 2
+    cut = min(ends, key=lambda i: (abs(i - middle), i))  # ties go to the earlier end
+    return response[: cut + 1]
+
+
 def strip_stop(response: Sequence[int], stop_ids: Collection[int]) -> tuple[int, ...]:
     """A rollout's tokens up to (not including) its first stop id: the response the counterfactuals extend."""
     out = []

@@ -138,6 +138,13 @@ def summarize(rows: Sequence[RowScores]) -> ProbeSummary:
     return ProbeSummary(per_copy, eos, metrics, len(rows))
 
 
+def in_family(metrics: dict[str, float], family: str) -> dict[str, float]:
+    """`probe/x` keys renamed `probe/<family>/x`: a second probe set's metrics next to the first's (the in-run
+    probe's mid-solution loops are `probe/middle/...`)."""
+    return {f"probe/{family}/{k.removeprefix('probe/')}" if k.startswith("probe/") else k: v
+            for k, v in metrics.items()}
+
+
 def with_deltas(metrics: dict[str, float], baseline: dict[str, float]) -> dict[str, float]:
     """`metrics` plus each headline metric minus its value in `baseline` (step 0), under key + DELTA_SUFFIX."""
     out = dict(metrics)

@@ -3,7 +3,8 @@
 A fixed probe set (counterfactual loops of the golden solutions of the first `probe.num_prompts` validation
 prompts, opdwatch.probe) is built once; the teacher's scores of it are computed once (it is frozen); each probe
 scores it with the current student and records `probe/...` step metrics (opdwatch.probe.summary), each also
-relative to step 0 (`..._delta`). Step 0 is the frozen initial student (the reference, when it is one), so a
+relative to step 0 (`..._delta`); with `probe.middle` a second set of mid-solution loops is scored too, under
+`probe/middle/...`. Step 0 is the frozen initial student (the reference, when it is one), so a
 resumed run keeps the same baseline without saving it.
 
 It never changes the training trajectory: scoring runs under no_grad, puts the model back in its train/eval
@@ -15,13 +16,14 @@ Rank 0 only: it reads the unsharded rollout copy under FSDP.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
 from opdwatch.probe.api import ProbeSet, make_probe_set, probe_metrics, teacher_scores
-from opdwatch.probe.counterfactual import ChunkSpec
+from opdwatch.probe.counterfactual import ChunkSpec, middle_prefix
 from opdwatch.probe.run import delimiter_ids
-from opdwatch.probe.summary import with_deltas
+from opdwatch.probe.summary import in_family, with_deltas
 from opdwatch.trainer.config import TrainConfig
 from opdwatch.trainer.data.task import prompt_ids, solution_ids
 from opdwatch.trainer.loop.components import Components
@@ -29,15 +31,30 @@ from opdwatch.trainer.loop.components import Components
 PROBE_TIME = "time/probe"  # seconds spent in one probe (the cost, as a fraction of time/rollout + score + update)
 
 
-def build_probe_set(config: TrainConfig, components: Components) -> ProbeSet:
+def build_probe_set(config: TrainConfig, components: Components, *, middle: bool = False) -> ProbeSet:
+    """The fixed probe set: loops of each golden solution's last chunk, or with `middle` of the chunk ending at the
+    sentence end nearest the solution's middle."""
     tok, p = components.tokenizer, config.probe
     examples = components.splits.val[: p.num_prompts]
     stops = set(components.mapping.student_stop_ids) if components.mapping else {tok.eos_token_id}
     responses = [[t for t in solution_ids(tok, ex.solution) if t not in stops] for ex in examples]
-    spec = ChunkSpec(mode=p.chunk, window=p.window,
-                     delimiters=delimiter_ids(tok, p.chunk) if p.chunk != "window" else frozenset())
+    delimiters = delimiter_ids(tok, p.chunk) if p.chunk != "window" else frozenset()
+    if middle:
+        responses = [list(middle_prefix(r, delimiters or delimiter_ids(tok, "sentence"))) if r else r
+                     for r in responses]
+    spec = ChunkSpec(mode=p.chunk, window=p.window, delimiters=delimiters)
     return make_probe_set([prompt_ids(tok, ex.question) for ex in examples], responses, eos_id=tok.eos_token_id,
                           spec=spec, copies=p.copies, mapping=components.mapping)
+
+
+@dataclass(frozen=True)
+class _Family:
+    """One fixed probe set, its cached teacher scores and its step-0 metrics, under a key family."""
+
+    family: str  # "" = the probe/... keys; "middle" = probe/middle/...
+    probe_set: ProbeSet
+    teacher_cache: list
+    baseline: dict[str, float]
 
 
 class InRunProbe:
@@ -47,17 +64,25 @@ class InRunProbe:
         self.every = config.probe.every
         self.batch_size = config.probe.batch_size
         self.components = components
+        # step 0: the frozen initial student when the reference is it (also after a resume), else the student
+        # as the run starts
+        initial = components.reference if config.models.reference == "student" else components.rollout_student
+        self.families: list[_Family] = []
         with torch.random.fork_rng(devices=[]):
-            self.probe_set = build_probe_set(config, components)
-            self.teacher_cache = teacher_scores(components.teacher, self.probe_set, batch_size=self.batch_size)
-            # step 0: the frozen initial student when the reference is it (also after a resume), else the student
-            # as the run starts
-            initial = components.reference if config.models.reference == "student" else components.rollout_student
-            self.baseline = self._metrics(initial)
+            for family in ("", "middle") if config.probe.middle else ("",):
+                probe_set = build_probe_set(config, components, middle=family == "middle")
+                cache = teacher_scores(components.teacher, probe_set, batch_size=self.batch_size)
+                baseline = probe_metrics(initial, components.teacher, probe_set, teacher_cache=cache,
+                                         batch_size=self.batch_size)
+                self.families.append(_Family(family, probe_set, cache, baseline))
 
     def _metrics(self, student: torch.nn.Module) -> dict[str, float]:
-        return probe_metrics(student, self.components.teacher, self.probe_set, teacher_cache=self.teacher_cache,
-                             batch_size=self.batch_size)
+        out: dict[str, float] = {}
+        for f in self.families:
+            m = with_deltas(probe_metrics(student, self.components.teacher, f.probe_set,
+                                          teacher_cache=f.teacher_cache, batch_size=self.batch_size), f.baseline)
+            out.update(in_family(m, f.family) if f.family else m)
+        return out
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
@@ -67,5 +92,5 @@ class InRunProbe:
             return {}
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[]):  # belt and braces: scoring draws no random numbers anyway
-            metrics = with_deltas(self._metrics(self.components.rollout_student), self.baseline)
+            metrics = self._metrics(self.components.rollout_student)
         return {**metrics, PROBE_TIME: time.perf_counter() - t0}

@@ -14,10 +14,10 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+if TYPE_CHECKING:  # imported by write_parquet: readers of JSON files (the manifest) need no pyarrow
+    import pyarrow as pa
 
 # hidden, "tmp-<pid>" after the dot or as the whole stem, and the random suffix of tempfile.mkdtemp if any
 _TEMP_NAME = re.compile(r"\.(?:.+\.)?tmp-(\d+)(?:-[a-z0-9_]+)?")
@@ -82,6 +82,9 @@ def write_parquet(table: pa.Table, path: Path, *, compression: str = "zstd",
     those columns (all when None): on token tables, dictionary-encoding random floats and keeping their
     statistics costs ~40% of the write time and saves nothing.
     """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(path)
     # An OSFile opens the path as given: handed a string, pyarrow expands a leading ~ and parses "file:..."

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from opdwatch.format import ROLLOUT_SCHEMA, STEP_KEY_COLUMNS, TOKEN_SCHEMA, parse_part
+from opdwatch.format import parse_part
+
+if TYPE_CHECKING:  # pyarrow is imported where a footer or an Arrow schema is read: see TABLE_SCHEMAS
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 
 class RunReadWarning(UserWarning):
@@ -50,33 +53,68 @@ class Part:
     file_rows: int | None = None
 
 
-# Arrow types -> the polars dtypes they read as, for the types our tables use. polars' own conversion
-# (pl.from_arrow) imports pandas, 0.3 s of every command's start-up; other types still go through it.
-_POLARS_TYPES: dict[pa.DataType, pl.DataType] = {
-    pa.int64(): pl.Int64(), pa.int32(): pl.Int32(), pa.int16(): pl.Int16(), pa.int8(): pl.Int8(),
-    pa.uint64(): pl.UInt64(), pa.uint32(): pl.UInt32(), pa.float64(): pl.Float64(), pa.float32(): pl.Float32(),
-    pa.bool_(): pl.Boolean(), pa.string(): pl.String(), pa.large_string(): pl.String(),
-    pa.string_view(): pl.String(), pa.null(): pl.Null(),
-}
+@cache
+def _polars_types() -> dict[pa.DataType, pl.DataType]:
+    """Arrow types -> the polars dtypes they read as, for the types our tables use. polars' own conversion
+    (pl.from_arrow) imports pandas, 0.3 s of every command's start-up; other types still go through it."""
+    import pyarrow as pa
+
+    return {
+        pa.int64(): pl.Int64(), pa.int32(): pl.Int32(), pa.int16(): pl.Int16(), pa.int8(): pl.Int8(),
+        pa.uint64(): pl.UInt64(), pa.uint32(): pl.UInt32(), pa.float64(): pl.Float64(), pa.float32(): pl.Float32(),
+        pa.bool_(): pl.Boolean(), pa.string(): pl.String(), pa.large_string(): pl.String(),
+        pa.string_view(): pl.String(), pa.null(): pl.Null(),
+    }
 
 
 def polars_schema(schema: pa.Schema) -> pl.Schema:
     """The polars dtypes an Arrow schema reads as."""
+    import pyarrow as pa
+
+    types = _polars_types()
     out = {}
     for f in schema:
         t = f.type.value_type if pa.types.is_dictionary(f.type) else f.type
-        if t not in _POLARS_TYPES or (t != f.type and pl.String() == _POLARS_TYPES[t]):  # categoricals
+        if t not in types or (t != f.type and pl.String() == types[t]):  # categoricals
             return pl.DataFrame(schema.empty_table()).schema
-        out[f.name] = _POLARS_TYPES[t]
+        out[f.name] = types[t]
     return pl.Schema(out)
 
 
+class _TableSchemas(Mapping[str, pl.Schema]):
+    """``{"rollouts": ..., "tokens": ...}``, derived from :mod:`opdwatch.format`'s Arrow schemas when first read:
+    pyarrow (and the numpy it imports), ~0.25 s of a process's start, is loaded only by a command that scans a
+    rollout or token file or reads a footer, not by `opdwatch info` on a compacted run."""
+
+    def __init__(self) -> None:
+        self._schemas: dict[str, pl.Schema] | None = None
+
+    def _loaded(self) -> dict[str, pl.Schema]:
+        if self._schemas is None:
+            from opdwatch.format import ROLLOUT_SCHEMA, STEP_KEY_COLUMNS, TOKEN_SCHEMA
+
+            assert set(STEP_KEYS) == set(STEP_KEY_COLUMNS)
+            self._schemas = {"rollouts": polars_schema(ROLLOUT_SCHEMA), "tokens": polars_schema(TOKEN_SCHEMA)}
+        return self._schemas
+
+    def __getitem__(self, table: str) -> pl.Schema:
+        return self._loaded()[table]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaded())
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+    def __repr__(self) -> str:
+        return repr(self._loaded())
+
+
 # The polars schemas the readers scan the rollout and token tables in; step metrics are open (see STEP_KEYS).
-TABLE_SCHEMAS = {"rollouts": polars_schema(ROLLOUT_SCHEMA), "tokens": polars_schema(TOKEN_SCHEMA)}
+TABLE_SCHEMAS: Mapping[str, pl.Schema] = _TableSchemas()
 # The key columns of the step-metrics table; every other column is a Float64 metric.
 STEP_KEYS: dict[str, pl.DataType] = {"step": pl.Int64(), "phase": pl.String(), "rank": pl.Int32(),
                                    "time": pl.Float64()}
-assert set(STEP_KEYS) == set(STEP_KEY_COLUMNS)
 
 
 def skipped(message: str, *, stacklevel: int = 3, category: type[RunReadWarning] = RunReadWarning) -> None:
@@ -154,6 +192,9 @@ def read_part(path: Path, table: str) -> Part | None:
     if parsed is None:
         return None
     step, rank, name = parsed
+    import pyarrow as pa  # here, not at the top: see TABLE_SCHEMAS
+    import pyarrow.parquet as pq
+
     try:
         with pa.OSFile(os.fspath(path)) as fh:  # a local file, literally: pyarrow would expand a leading ~
             meta = pq.read_metadata(fh)

@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from opdwatch import metric_defs
@@ -338,17 +337,19 @@ def _written_out_of_order(frame: pl.DataFrame) -> tuple[tuple[int, int], ...]:
         return ()
     t = (frame.filter((pl.col("phase") == "train") & pl.col("time").is_not_null() & pl.col("time").is_not_nan())
          .select("step", "time").sort("step"))
-    steps, times = t["step"].to_numpy(), t["time"].to_numpy()
+    # polars, not numpy: `opdwatch info` on a compacted run imports no numpy (docs/scale.md)
+    steps, times = t["step"], t["time"]
     n = len(steps)
     if n < 2:
         return ()
-    earliest_after = np.minimum.accumulate(times[::-1])[::-1]  # [j]: the earliest write of rows j..n-1
-    j = np.searchsorted(steps, steps + REWRITE_WINDOW, side="right")  # first row more than the window later
-    late = (j < n) & (earliest_after[np.minimum(j, n - 1)] < times)
+    earliest_after = times.cum_min(reverse=True)  # [j]: the earliest write of rows j..n-1
+    j = steps.search_sorted(steps + REWRITE_WINDOW, side="right")  # first row more than the window later
+    late = (j < n) & (earliest_after.gather(j.clip(upper_bound=n - 1)) < times)
+    step_list, time_list, j_list = steps.to_list(), times.to_list(), j.to_list()
     out = []
-    for i in np.flatnonzero(late):
-        later = int(j[i] + np.flatnonzero(times[j[i]:] < times[i])[0])
-        out.append((int(steps[i]), int(steps[later])))
+    for i in late.arg_true().to_list():
+        later = next(k for k in range(j_list[i], n) if time_list[k] < time_list[i])
+        out.append((step_list[i], step_list[later]))
     return tuple(out)
 
 

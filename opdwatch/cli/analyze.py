@@ -26,8 +26,7 @@ _VERDICT_STYLE = {"healthy": "green", "inflating": "yellow", "degraded": "yellow
 DEFAULT_REPORT = Path("report.html")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("analyze", help="diagnose runs: onset of length inflation, verdict, report.html")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="run directories (several are overlaid)")
     p.add_argument("--out", type=Path, default=None,
                    help="where to write the HTML report (default: ./report.html; with --json only when given)")

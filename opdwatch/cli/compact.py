@@ -9,8 +9,7 @@ from opdwatch.terminal import console, shown
 from opdwatch.text import plural
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compact", help="compact a run's finished steps into large files (safe while it runs)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--max-token-rows", type=int, default=CompactionSettings.max_token_rows,
                    help="token rows per segment at most (default %(default)s)")

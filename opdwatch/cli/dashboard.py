@@ -10,12 +10,7 @@ from opdwatch.errors import OpdwatchError
 from opdwatch.web_paths import check_runs_root
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("dashboard", help="serve a live dashboard of the runs under a directory",
-                       description="Serve a Dash app to watch runs as they train and drill from a curve down to "
-                       "the tokens behind it. Only runs under RUNS_ROOT can be opened, and only requests for "
-                       "localhost, 127.0.0.1, [::1], --host and --allow-host names are answered "
-                       "(see docs/dashboard.md, Security model).")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs_root", metavar="RUNS_ROOT", help="directory holding run directories (searched 3 levels)")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1; 0.0.0.0 exposes run data to the network)")

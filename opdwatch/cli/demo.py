@@ -7,11 +7,7 @@ import argparse
 from opdwatch.cli.train import import_trainer
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run plain OPD and Stable-OPD on the embedded CPU task, same seed",
-                       description="Load the demo teacher and student (shipped with the package and verified "
-                       "against their checksums; --rebuild-models trains them from scratch), run plain OPD and "
-                       "Stable-OPD from the same seed, and print where the runs are.")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default=None, help="parent directory of the runs (default runs/demo-<time>)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads (the trajectory depends on it)")

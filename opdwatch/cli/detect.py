@@ -23,8 +23,7 @@ from opdwatch.terminal import console, shown
 from opdwatch.text import plural
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("detect", help="replay a run through the early-warning detector: when would it have warned?")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--json", action="store_true",
                    help="print the replay summary as JSON (strict: see docs/run-format.md)")

@@ -17,8 +17,7 @@ from opdwatch.importers.writer import ImportReport
 from opdwatch.terminal import console, shown
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("import", help="import a past run of verl, slime, prime-rl, NeMo-RL, tinker, TRL or wandb")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("format", metavar="FORMAT", choices=list(FORMAT_MODULES),
                    help=f"one of: {', '.join(FORMAT_MODULES)}")
     p.add_argument("src", metavar="SRC", help="the framework's file or folder (docs/integrations.md, Importers)")

@@ -14,8 +14,7 @@ from opdwatch.summary import HEADLINE_METRICS, run_summary
 from opdwatch.terminal import console, shown
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="show a run's status, steps and latest health metrics")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (strict: see docs/run-format.md)")
     p.set_defaults(handler=handle)

@@ -20,10 +20,7 @@ from opdwatch.terminal import console, shown
 RISK_STYLE = {"low": "green", "medium": "yellow", "high": "bold red"}
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("probe", help="pre-flight: does the teacher reward loops? (collapse risk of a pair)",
-                       description="Score counterfactual loops (a response's last chunk repeated, EOS at the end "
-                       "and after repeats) with teacher and student; report the loop incentive and a risk verdict.")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", required=True, help="model directory, hub id, or a demo model "
                    "(demo-teacher, demo-teacher-clean, demo-teacher-weak)")
     p.add_argument("--student", required=True, help="model directory, hub id, or demo-student")

@@ -10,11 +10,7 @@ from opdwatch.errors import OpdwatchError
 from opdwatch.terminal import plain
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train with a YAML config (plain OPD or Stable-OPD)",
-                       description="Train with a YAML config; override any field with dotted key=value, "
-                       "e.g. opd.lr=1e-3 opd.beta=0.1. Presets by name from trainer/configs/ and "
-                       "trainer/recipes/demo/configs/.")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", metavar="CONFIG", help="YAML file, or a preset name such as demo_stable_opd")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     again = p.add_mutually_exclusive_group()

@@ -10,6 +10,7 @@ redoes both on the whole batch in one process and writes both results to <out.js
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -101,3 +102,9 @@ def main(out_path: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    # Leave without running C++ static destructors: gloo's teardown at interpreter exit aborted rank 1 once in a
+    # CI run ("terminate called without an active exception", SIGABRT after the barrier and destroy_process_group;
+    # 0 of 20 local repeats). Everything the test compares is in out.json by now, written by rank 0.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

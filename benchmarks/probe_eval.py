@@ -37,7 +37,7 @@ from opdwatch.probe.summary import (  # noqa: E402
     STUDENT_EOS_REPEAT,
     STUDENT_LOOP_LOGP,
     TEACHER_LOOP_LOGP,
-    in_family,
+    family_key,
 )
 
 TEACHERS = {"copy": "demo-teacher", "weak": "demo-teacher-weak", "clean": "demo-teacher-clean"}
@@ -166,9 +166,9 @@ def _signal(name: str, key: str, direction: str, what: str) -> SignalSpec:
 PROBE_SIGNALS = {
     "probe_propensity": _signal("probe_propensity", STUDENT_LOOP_LOGP, "up", "continuing a started loop"),
     "probe_eos": _signal("probe_eos", STUDENT_EOS_REPEAT, "down", "stopping after a repeat"),
-    "probe_mid_propensity": _signal("probe_mid_propensity", in_family({STUDENT_LOOP_LOGP: 0}, "middle").popitem()[0],
+    "probe_mid_propensity": _signal("probe_mid_propensity", family_key(STUDENT_LOOP_LOGP, "middle"),
                                     "up", "continuing a started mid-solution loop"),
-    "probe_mid_eos": _signal("probe_mid_eos", in_family({STUDENT_EOS_REPEAT: 0}, "middle").popitem()[0], "down",
+    "probe_mid_eos": _signal("probe_mid_eos", family_key(STUDENT_EOS_REPEAT, "middle"), "down",
                              "stopping after a repeated mid-solution sentence"),
 }
 FAMILIES = {"end": ("probe_propensity", "probe_eos"), "middle": ("probe_mid_propensity", "probe_mid_eos"),
@@ -238,8 +238,7 @@ def detector(root: Path, tune_seeds: set[int], floors: list[float], json_out: Pa
     print(f"\n-- HELD-OUT runs (seeds not in {sorted(tune_seeds)}), {chosen} as chosen on the tuning seeds\n{head}")
     results["held_out"] = {"no probe": report("detector (no probe)", held, None).row(),
                            chosen: report(chosen, held, best).row()}
-    delta_keys = [STUDENT_LOOP_LOGP + DELTA_SUFFIX, in_family({STUDENT_LOOP_LOGP + DELTA_SUFFIX: 0}, "middle")
-                  .popitem()[0]]
+    delta_keys = [STUDENT_LOOP_LOGP + DELTA_SUFFIX, family_key(STUDENT_LOOP_LOGP + DELTA_SUFFIX, "middle")]
     print("\nstudent loop log-prob minus step 0 (end / middle probe set) at the warm-up end and 5 steps before "
           "the collapse (or the last step):")
     for it in items:

@@ -135,7 +135,9 @@ def test_middle_prefix_cuts_at_the_sentence_end_nearest_the_middle() -> None:
 
 
 def test_in_family_renames_only_probe_keys() -> None:
-    from opdwatch.probe.summary import in_family
+    from opdwatch.probe.summary import family_key, in_family
 
     assert in_family({LOOP_INCENTIVE: 1.0, "time/probe": 2.0}, "middle") == {
         "probe/middle/loop_incentive": 1.0, "time/probe": 2.0}
+    assert family_key(LOOP_INCENTIVE, "middle") == "probe/middle/loop_incentive"
+    assert family_key("time/probe", "middle") == "time/probe"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from opdwatch.probe.summary import DELTA_SUFFIX, HEADLINE_KEYS, LOOP_INCENTIVE, STUDENT_LOOP_LOGP, in_family
+from opdwatch.probe.summary import DELTA_SUFFIX, HEADLINE_KEYS, LOOP_INCENTIVE, STUDENT_LOOP_LOGP, family_key
 from opdwatch.reader import open_run
 from opdwatch.trainer.config import TrainConfig, load_config
 from opdwatch.trainer.data.models import save_model_dir
@@ -53,10 +53,9 @@ def test_in_run_probe_leaves_the_weights_identical(tmp_path: Path) -> None:
     assert (steps[PROBE_TIME] > 0).all()
     # probe.middle: the mid-solution loops' family beside the end-of-solution one, on other sequences
     for key in HEADLINE_KEYS:
-        mid = in_family({key: 0.0}, "middle")
-        (mid_key,) = mid
+        mid_key = family_key(key, "middle")
         assert steps[mid_key].is_not_null().all() and steps[mid_key + DELTA_SUFFIX].is_not_null().all(), mid_key
-    assert steps[in_family({STUDENT_LOOP_LOGP: 0}, "middle").popitem()[0]][0] != steps[STUDENT_LOOP_LOGP][0]
+    assert steps[family_key(STUDENT_LOOP_LOGP, "middle")][0] != steps[STUDENT_LOOP_LOGP][0]
     # the student moved (lr 1e-2), so its loop propensity moved away from step 0's
     assert abs(steps[STUDENT_LOOP_LOGP + DELTA_SUFFIX][-1]) > 0
     assert LOOP_INCENTIVE not in open_run(plain).steps("train").collect().columns

@@ -138,11 +138,15 @@ def summarize(rows: Sequence[RowScores]) -> ProbeSummary:
     return ProbeSummary(per_copy, eos, metrics, len(rows))
 
 
+def family_key(key: str, family: str) -> str:
+    """`probe/x` -> `probe/<family>/x` (other keys unchanged): a second probe set's key next to the first's."""
+    return f"probe/{family}/{key.removeprefix('probe/')}" if key.startswith("probe/") else key
+
+
 def in_family(metrics: dict[str, float], family: str) -> dict[str, float]:
-    """`probe/x` keys renamed `probe/<family>/x`: a second probe set's metrics next to the first's (the in-run
-    probe's mid-solution loops are `probe/middle/...`)."""
-    return {f"probe/{family}/{k.removeprefix('probe/')}" if k.startswith("probe/") else k: v
-            for k, v in metrics.items()}
+    """`metrics` with every `probe/x` key renamed by :func:`family_key` (the in-run probe's mid-solution loops are
+    `probe/middle/...`)."""
+    return {family_key(k, family): v for k, v in metrics.items()}
 
 
 def with_deltas(metrics: dict[str, float], baseline: dict[str, float]) -> dict[str, float]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from opdwatch.probe.api import ProbeSet, make_probe_set, probe_metrics, teacher_scores
+from opdwatch.probe.api import ProbeSet, Scores, make_probe_set, probe_metrics, teacher_scores
 from opdwatch.probe.counterfactual import ChunkSpec, middle_prefix
 from opdwatch.probe.run import delimiter_ids
 from opdwatch.probe.summary import in_family, with_deltas
@@ -31,20 +31,23 @@ from opdwatch.trainer.loop.components import Components
 PROBE_TIME = "time/probe"  # seconds spent in one probe (the cost, as a fraction of time/rollout + score + update)
 
 
-def build_probe_set(config: TrainConfig, components: Components, *, middle: bool = False) -> ProbeSet:
-    """The fixed probe set: loops of each golden solution's last chunk, or with `middle` of the chunk ending at the
-    sentence end nearest the solution's middle."""
+def build_probe_sets(config: TrainConfig, components: Components) -> dict[str, ProbeSet]:
+    """The fixed probe sets by key family: "" = loops of each golden solution's last chunk (`probe/...`); with
+    `probe.middle` also "middle" = loops of the chunk ending at the sentence end nearest the solution's middle
+    (`probe/middle/...`). The delimiter ids come from one decode of the vocabulary."""
     tok, p = components.tokenizer, config.probe
     examples = components.splits.val[: p.num_prompts]
     stops = set(components.mapping.student_stop_ids) if components.mapping else {tok.eos_token_id}
     responses = [[t for t in solution_ids(tok, ex.solution) if t not in stops] for ex in examples]
-    delimiters = delimiter_ids(tok, p.chunk) if p.chunk != "window" else frozenset()
-    if middle:
-        responses = [list(middle_prefix(r, delimiters or delimiter_ids(tok, "sentence"))) if r else r
-                     for r in responses]
-    spec = ChunkSpec(mode=p.chunk, window=p.window, delimiters=delimiters)
-    return make_probe_set([prompt_ids(tok, ex.question) for ex in examples], responses, eos_id=tok.eos_token_id,
-                          spec=spec, copies=p.copies, mapping=components.mapping)
+    needs_ends = p.chunk != "window" or p.middle
+    delimiters = delimiter_ids(tok, "sentence" if p.chunk == "window" else p.chunk) if needs_ends else frozenset()
+    spec = ChunkSpec(mode=p.chunk, window=p.window, delimiters=delimiters if p.chunk != "window" else frozenset())
+    prompts = [prompt_ids(tok, ex.question) for ex in examples]
+    variants = {"": responses}
+    if p.middle:  # window mode has no delimiters of its own: cut at a sentence end
+        variants["middle"] = [list(middle_prefix(r, delimiters)) if r else r for r in responses]
+    return {family: make_probe_set(prompts, rs, eos_id=tok.eos_token_id, spec=spec, copies=p.copies,
+                                   mapping=components.mapping) for family, rs in variants.items()}
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class _Family:
 
     family: str  # "" = the probe/... keys; "middle" = probe/middle/...
     probe_set: ProbeSet
-    teacher_cache: list
+    teacher_cache: Scores  # the teacher's scores of probe_set, computed once
     baseline: dict[str, float]
 
 
@@ -69,8 +72,7 @@ class InRunProbe:
         initial = components.reference if config.models.reference == "student" else components.rollout_student
         self.families: list[_Family] = []
         with torch.random.fork_rng(devices=[]):
-            for family in ("", "middle") if config.probe.middle else ("",):
-                probe_set = build_probe_set(config, components, middle=family == "middle")
+            for family, probe_set in build_probe_sets(config, components).items():
                 cache = teacher_scores(components.teacher, probe_set, batch_size=self.batch_size)
                 baseline = probe_metrics(initial, components.teacher, probe_set, teacher_cache=cache,
                                          batch_size=self.batch_size)

@@ -173,9 +173,15 @@ def token_query(tokens: pl.LazyFrame) -> pl.LazyFrame:
 _TOKEN_EXPRS: list[pl.Expr] = []
 
 
-def metric_expr(d: metric_defs.MetricDef, schema: pl.Schema) -> pl.Expr:
+def metric_expr(d: metric_defs.MetricDef, schema: pl.Schema, *, ordered: bool = False) -> pl.Expr:
     """The aggregation of metric ``d`` over the rows in context (a whole frame or a group), named ``d.key``:
-    the polars form of the recorder's partials + finalize (float64; NaN, inf and null values ignored)."""
+    the polars form of the recorder's partials + finalize (float64; NaN, inf and null values ignored).
+
+    ``ordered``: sum each group's values sorted, one after another, so the result does not depend on how
+    polars splits the rows. Why: a polars group-by mean over the same 8 rows gave 0.8635416666666668 or
+    ...667 from one read to the next (35-43 of 1,000 reads under CPU load, either engine, even with the
+    values sorted first), so two reads of one run differed. Sorted + sequential gave 0 of 1,000. It costs a
+    sort per group: meant for the rollout table (one row per rollout), not for token rows."""
     cond = None if d.mask is None else d.mask.where(_column)
     if d.reduction == "count":
         return (pl.len() if cond is None else cond.sum()).cast(pl.Float64).alias(d.key)
@@ -188,15 +194,22 @@ def metric_expr(d: metric_defs.MetricDef, schema: pl.Schema) -> pl.Expr:
     x = x.cast(pl.Float64)
     if cond is not None:
         x = pl.when(cond).then(x)
-    if d.reduction == "mean":
-        return x.mean().alias(d.key)
     if d.reduction == "max":
         return x.max().alias(d.key)
+    if d.reduction == "mean":
+        return (_sum(x, ordered) / x.count() if ordered else x.mean()).alias(d.key)
     # cv: aggregates.finalize's formula from the same sums, so both give the same float64 (not a two-pass sd)
-    n, total = x.count(), x.sum()
+    n, total = x.count(), _sum(x, ordered)
     mean = total / n
-    cv = (x.pow(2).sum() / n - mean * mean).clip(lower_bound=0.0).sqrt() / mean
+    cv = (_sum(x.pow(2), ordered) / n - mean * mean).clip(lower_bound=0.0).sqrt() / mean
     return pl.when((n > 0) & (total > 0)).then(cv).otherwise(float("nan")).alias(d.key)
+
+
+def _sum(x: pl.Expr, ordered: bool) -> pl.Expr:
+    """Sum of the non-null values; ``ordered``: in sorted order, strictly left to right (cum_sum)."""
+    if not ordered:
+        return x.sum()
+    return x.sort(nulls_last=False).cum_sum().last().fill_null(0.0)  # nulls sort first: last is the total
 
 
 def _column(name: str) -> pl.Expr:
@@ -224,9 +237,11 @@ def rollout_aggregates(run: RunSource, *, phase: str = "train") -> pl.DataFrame:
 
 
 def rollout_query(rollouts: pl.LazyFrame) -> pl.LazyFrame:
-    """Per-step rollout aggregates of these rollout rows, plus ``rollout/tokens`` and the row count."""
+    """Per-step rollout aggregates of these rollout rows, plus ``rollout/tokens`` and the row count.
+
+    Its sums are ``ordered`` (:func:`metric_expr`): the same rows give the same bits on every read."""
     return rollouts.select(_ROLLOUT_COLUMNS).group_by("step").agg(
-        *(metric_expr(d, _ROLLOUT_PL_SCHEMA) for d in metric_defs.ROLLOUT_METRICS),
+        *(metric_expr(d, _ROLLOUT_PL_SCHEMA, ordered=True) for d in metric_defs.ROLLOUT_METRICS),
         pl.col("num_tokens").cast(pl.Float64).sum().alias(_ROLLOUT_TOKENS),
         pl.len().alias(_ROLLOUT_ROWS),
     )

@@ -253,7 +253,7 @@ def rollout_truncation(parts: list[Part]) -> pl.DataFrame:
     schema = TABLE_SCHEMAS["rollouts"]
     spec = next(d for d in metric_defs.ROLLOUT_METRICS if d.key == TRUNCATION_RATE)
     return (scan_part_rows(parts, schema).select("step", spec.source)
-            .group_by("step").agg(metric_expr(spec, schema)).collect())
+            .group_by("step").agg(metric_expr(spec, schema, ordered=True)).collect())
 
 
 def _rel(file: str, base: str | None) -> str:

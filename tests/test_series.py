@@ -183,3 +183,28 @@ def test_length_distribution_is_one_row_per_rollout(collapsing: Path) -> None:
     rows = _rows(run, "rollouts", "train")
     assert lengths.height == len(rows)
     assert sorted(lengths["num_tokens"].to_list()) == sorted(r["num_tokens"] for r in rows)
+
+
+def test_rollout_aggregates_do_not_depend_on_row_order() -> None:
+    """The rollout query gives the same bits for the same rows in any order (two reads of one run must
+    agree exactly). These 8 values are a step of a test run whose float mean is ...668 or ...667 depending
+    on the order they are added in."""
+    import polars as pl
+
+    from opdwatch.series import rollout_query
+    from opdwatch.run_files import TABLE_SCHEMAS
+
+    ratios = [0.5, 0.4375, 0.4375, 1.6666666666666667, 0.5, 0.5, 1.2, 1.6666666666666667]
+    names = ("step", "num_tokens", "truncated", "zlib_tail_ratio", "repetitive", "loop_onset", "correct")
+    schema = {c: TABLE_SCHEMAS["rollouts"][c] for c in names}
+    rows = pl.DataFrame({"step": [1] * 8, "num_tokens": list(range(10, 18)), "truncated": [False] * 8,
+                         "zlib_tail_ratio": ratios, "repetitive": [False] * 8, "loop_onset": [None] * 8,
+                         "correct": [True, False] * 4}, schema=schema)
+    rng = np.random.default_rng(0)
+    results = {rollout_query(rows[rng.permutation(8).tolist()].lazy()).collect()
+               ["rollout/zlib_tail_ratio_mean"][0] for _ in range(20)}
+    assert len(results) == 1
+    assert results.pop() == pytest.approx(math.fsum(ratios) / 8, rel=1e-15)
+    # the plain (unordered) mean of these values does depend on the order: the test can fail
+    plain = {sum(ratios[i] for i in rng.permutation(8)) / 8 for _ in range(20)}
+    assert len(plain) > 1

@@ -191,8 +191,8 @@ def test_rollout_aggregates_do_not_depend_on_row_order() -> None:
     on the order they are added in."""
     import polars as pl
 
-    from opdwatch.series import rollout_query
     from opdwatch.run_files import TABLE_SCHEMAS
+    from opdwatch.series import rollout_query
 
     ratios = [0.5, 0.4375, 0.4375, 1.6666666666666667, 0.5, 0.5, 1.2, 1.6666666666666667]
     names = ("step", "num_tokens", "truncated", "zlib_tail_ratio", "repetitive", "loop_onset", "correct")

@@ -93,8 +93,9 @@ class Recorder:
     """Writes one rank's share of a run. Rank 0 also owns the manifest and the step-metrics table."""
 
     def __init__(self, run_dir: Path, manifest: dict[str, Any], settings: RecorderSettings, rank: int,
-                 eos_ids: np.ndarray, special_ids: np.ndarray) -> None:
+                 eos_ids: np.ndarray, special_ids: np.ndarray, live: bool = True) -> None:
         self.run_dir = run_dir
+        self._live = live
         self.manifest = manifest
         self.settings = settings
         self.rank = rank
@@ -114,8 +115,12 @@ class Recorder:
     def create(cls, run_dir: str | os.PathLike[str], *, config: dict[str, Any] | None = None,
                tokenizer_info: dict[str, Any] | None = None, settings: RecorderSettings | None = None,
                rank: int = 0, world_size: int = 1, run_id: str | None = None,
-               resume_from_step: int | None = None) -> Recorder:
+               resume_from_step: int | None = None, live: bool = True) -> Recorder:
         """Open a run directory for writing.
+
+        ``live=False``: nobody reads the run until it is closed (an import into a hidden temp directory), so
+        the manifest's last step and heartbeat are written on close only, not fsynced after every step (on
+        this machine's disk that was a third of a 1,000-step import's time).
 
         A new run needs an empty or missing directory. ``resume_from_step=N`` reopens an existing run and
         drops this rank's records of steps after N (they will be recorded again), so a resumed run has
@@ -153,7 +158,7 @@ class Recorder:
                 write_manifest(run_dir, manifest)
         rec = cls(run_dir, manifest, settings, rank,
                   np.asarray(tok["eos_token_ids"], dtype=np.int64),
-                  np.asarray(tok["special_token_ids"], dtype=np.int64))
+                  np.asarray(tok["special_token_ids"], dtype=np.int64), live=live)
         if resume_from_step is not None:
             rec.event("resume", step=resume_from_step, message=f"resumed after step {resume_from_step}")
         return rec
@@ -327,11 +332,15 @@ class Recorder:
             "rank": pa.array([0], pa.int32()), "time": pa.array([time.time()], pa.float64()),
         }
         cols.update({k: pa.array([v], pa.float64()) for k, v in sorted(row.items())})
-        write_parquet(pa.table(cols), part_path(self.run_dir, "steps", int(step), 0, phase))
+        # One row: neither zstd nor dictionaries save anything on it, and skipping them made the write 2.5x
+        # faster (3.5 -> 1.4 ms for 50 metrics) and the file smaller (15.1 -> 12.8 kB).
+        write_parquet(pa.table(cols), part_path(self.run_dir, "steps", int(step), 0, phase), compression="none",
+                      dictionary_columns=[])
         self._forget_before(int(step))
         if self.manifest.get("last_step") is None or step > self.manifest["last_step"]:
             self.manifest["last_step"] = int(step)
-        write_manifest(self.run_dir, self.manifest)
+        if self._live:
+            write_manifest(self.run_dir, self.manifest)
         if self._compactor is not None:
             self._compactor.after_step(int(step))
 

@@ -227,3 +227,25 @@ def test_events_and_context_manager_failure(tmp_path):
     assert json.loads(ev["data"][0]) == {"beta": 0.2}
     with pytest.raises(OpdwatchError):
         rec.event("party")
+
+
+def test_a_run_that_is_not_live_writes_its_manifest_on_close(tmp_path):
+    """live=False (imports into a temp dir): step files as usual, the manifest's last step only on close."""
+    run = tmp_path / "run"
+    rec = Recorder.create(run, settings=SETTINGS, tokenizer_info={"eos_token_ids": [EOS]}, live=False)
+    for step in (1, 2, 3):
+        rec.log_metrics(step, "train", {"loss/total": float(step)})
+    on_disk = json.loads((run / "manifest.json").read_text())
+    assert on_disk["last_step"] is None and on_disk["status"] == "running"
+    rec.close()
+    on_disk = json.loads((run / "manifest.json").read_text())
+    assert on_disk["last_step"] == 3 and on_disk["status"] == "finished"
+    steps = open_run(run).steps().collect()
+    assert steps["loss/total"].to_list() == [1.0, 2.0, 3.0]
+
+
+def test_a_live_run_writes_its_manifest_every_step(tmp_path):
+    rec = Recorder.create(tmp_path / "run", settings=SETTINGS, tokenizer_info={"eos_token_ids": [EOS]})
+    rec.log_metrics(1, "train", {"loss/total": 1.0})
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["last_step"] == 1
+    rec.close()

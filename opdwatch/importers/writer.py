@@ -119,7 +119,8 @@ def _write(run: ImportedRun, tmp: Path, target: Path, options: ImportOptions, fm
     config = {"imported_from": {"format": fmt, "framework": fw.name, "source": str(run.source),
                                 "matched": run.matched}, "framework_config": run.config}
     rec = Recorder.create(tmp, config=config, settings=settings, run_id=f"{target.name}-{uuid.uuid4().hex[:8]}",
-                          tokenizer_info={"eos_token_ids": [int(t) for t in options.eos_token_ids]})
+                          tokenizer_info={"eos_token_ids": [int(t) for t in options.eos_token_ids]},
+                          live=False)  # written to a temp dir, renamed into place when complete
     report = ImportReport(fmt, fw.name, str(run.source), str(target), matched=run.matched,
                           warnings=list(run.warnings), findings=list(run.findings), files=list(run.files))
     finite: set[str] = set()

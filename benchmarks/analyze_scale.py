@@ -3,6 +3,7 @@
     python benchmarks/analyze_scale.py                        # 50M, 100M, 200M, 500M token rows
     python benchmarks/analyze_scale.py --sizes 1e9 --keep /tmp/bench-runs
     python benchmarks/analyze_scale.py --sizes 1e6,5e6,2e7,5e7 --pandas   # the old pandas comparison too
+    python benchmarks/analyze_scale.py --sizes 5e8 --keep DIR --cache cold  # both read from disk (root)
 
 Each run is written directly with pyarrow in the run format (manifest, steps, rollouts, tokens partitions;
 the same schemas as the Recorder, ~250k token rows per step in rollouts of ~500 tokens, some looping and
@@ -181,9 +182,31 @@ print(json.dumps({k: [None if pd.isna(x) else float(x) for x in v] for k, v in o
 '''
 
 
+CACHE_MODES = ("as-is", "cold", "warm")
+_CACHE = {"mode": "as-is"}
+
+
+def drop_page_cache() -> None:
+    """Empty the OS page cache (Linux, needs root): the next process reads the run's files from the disk."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as fh:
+            fh.write("3\n")
+    except OSError as e:
+        raise SystemExit(f"--cache cold needs root to write /proc/sys/vm/drop_caches: {e}") from None
+
+
 def measure(cmd: list[str]) -> tuple[float, float, str]:
     """Wall time (s), peak RSS (MB) of ``cmd`` in its own process, and its stdout. The peak comes from GNU
-    time: a child forked from this process would count this process's pages in its high-water mark."""
+    time: a child forked from this process would count this process's pages in its high-water mark.
+
+    ``--cache``: as-is (whatever the page cache holds: the first command after writing a run reads it warm,
+    a run written before a bigger one may be cold: not a fair comparison), cold (the page cache is dropped
+    before each command) or warm (each command runs once untimed first)."""
+    if _CACHE["mode"] == "cold":
+        drop_page_cache()
+    elif _CACHE["mode"] == "warm":
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     with tempfile.TemporaryFile() as out, tempfile.NamedTemporaryFile("r") as peak:
         t0 = time.perf_counter()
         proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", peak.name, *cmd], stdout=out,
@@ -223,11 +246,15 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="write (and reuse) runs here instead of a temp dir")
     ap.add_argument("--pandas", action="store_true", help="also run the pandas baseline (runs up to 50M rows)")
     ap.add_argument("--no-duckdb", action="store_true", help="skip the DuckDB baseline")
+    ap.add_argument("--cache", choices=CACHE_MODES, default="as-is",
+                    help="page cache before each timed process: as-is, cold (dropped; root) or warm (a run first)")
     args = ap.parse_args()
     sizes = [int(float(s)) for s in args.sizes.split(",")]
+    _CACHE["mode"] = args.cache
     if args.max_rows:
         sizes = [s for s in sizes if s <= args.max_rows]
     console = Console(width=200)
+    console.print(f"page cache before each timed process: {args.cache}")
     base = args.keep or Path(tempfile.mkdtemp(prefix="opdwatch-bench-"))
     base.mkdir(parents=True, exist_ok=True)
     table = Table(title=f"opdwatch analyze vs DuckDB over the same files ({os.cpu_count()} cores)")

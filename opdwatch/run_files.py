@@ -248,6 +248,18 @@ def _wrong_types(table: str, schema: pa.Schema) -> tuple[str, ...]:
 
 
 # ----------------------------------------------------------------------------------------- scanning
+def _prefer_read_calls() -> None:
+    """Have polars read local Parquet files with its async reader (read calls) instead of memory-mapping them.
+
+    Why: on a 500M-row run (2,000 steps, 6.4 GB) whose files were not in the page cache, ``opdwatch analyze``
+    took 156 s with mmap (page faults, ~41 MB/s from this machine's disk) against DuckDB's 54 s; with
+    ``POLARS_FORCE_ASYNC=1`` it took 28 s, with the same output. From the page cache: 13.8 s against 12.8 s.
+    (benchmarks/analyze_scale.py --cache cold, docs/scale.md, 2026-12-03). Set at the first scan, not at
+    import, and only when the user has not set the variable: ``POLARS_FORCE_ASYNC=0`` restores mmap.
+    """
+    os.environ.setdefault("POLARS_FORCE_ASYNC", "1")
+
+
 def scan_files(paths: Iterable[str | os.PathLike[str]], schema: pl.Schema | dict[str, Any], *,
                file_column: str | None = None) -> pl.LazyFrame:
     """A lazy scan of exactly these Parquet files in ``schema`` (missing columns null, extra ones
@@ -255,6 +267,7 @@ def scan_files(paths: Iterable[str | os.PathLike[str]], schema: pl.Schema | dict
     and absolute paths, because polars reads a path as a glob pattern (``run[12]`` would read ``run1``),
     expands a leading ``~`` and takes a relative ``file:...`` for a URL, and run directories may be named
     anything."""
+    _prefer_read_calls()
     return pl.scan_parquet([os.path.abspath(p) for p in paths], schema=schema, glob=False,
                            hive_partitioning=False, missing_columns="insert", extra_columns="ignore",
                            include_file_paths=file_column)

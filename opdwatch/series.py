@@ -206,10 +206,11 @@ def metric_expr(d: metric_defs.MetricDef, schema: pl.Schema, *, ordered: bool = 
 
 
 def _sum(x: pl.Expr, ordered: bool) -> pl.Expr:
-    """Sum of the non-null values; ``ordered``: in sorted order, strictly left to right (cum_sum)."""
+    """Sum of the non-null values; ``ordered``: in sorted order, strictly left to right (cum_sum), and null
+    when there is none, so that an ordered mean is null where ``mean()`` is."""
     if not ordered:
         return x.sum()
-    return x.sort(nulls_last=False).cum_sum().last().fill_null(0.0)  # nulls sort first: last is the total
+    return x.sort(nulls_last=False).cum_sum().last()  # nulls sort first: the last value is the total
 
 
 def _column(name: str) -> pl.Expr:

@@ -183,7 +183,6 @@ print(json.dumps({k: [None if pd.isna(x) else float(x) for x in v] for k, v in o
 
 
 CACHE_MODES = ("as-is", "cold", "warm")
-_CACHE = {"mode": "as-is"}
 
 
 def drop_page_cache() -> None:
@@ -196,16 +195,16 @@ def drop_page_cache() -> None:
         raise SystemExit(f"--cache cold needs root to write /proc/sys/vm/drop_caches: {e}") from None
 
 
-def measure(cmd: list[str]) -> tuple[float, float, str]:
+def measure(cmd: list[str], cache: str = "as-is") -> tuple[float, float, str]:
     """Wall time (s), peak RSS (MB) of ``cmd`` in its own process, and its stdout. The peak comes from GNU
     time: a child forked from this process would count this process's pages in its high-water mark.
 
-    ``--cache``: as-is (whatever the page cache holds: the first command after writing a run reads it warm,
+    ``cache`` (``--cache``): as-is (whatever the page cache holds: the first command after writing a run reads it warm,
     a run written before a bigger one may be cold: not a fair comparison), cold (the page cache is dropped
     before each command) or warm (each command runs once untimed first)."""
-    if _CACHE["mode"] == "cold":
+    if cache == "cold":
         drop_page_cache()
-    elif _CACHE["mode"] == "warm":
+    elif cache == "warm":
         subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     with tempfile.TemporaryFile() as out, tempfile.NamedTemporaryFile("r") as peak:
         t0 = time.perf_counter()
@@ -250,7 +249,6 @@ def main() -> None:
                     help="page cache before each timed process: as-is, cold (dropped; root) or warm (a run first)")
     args = ap.parse_args()
     sizes = [int(float(s)) for s in args.sizes.split(",")]
-    _CACHE["mode"] = args.cache
     if args.max_rows:
         sizes = [s for s in sizes if s <= args.max_rows]
     console = Console(width=200)
@@ -275,23 +273,24 @@ def main() -> None:
             write_s = time.perf_counter() - t0
             steps = len(list((run / "steps").glob("step=*")))
             ours_s, ours_mb, _ = measure([sys.executable, "-m", "opdwatch.cli", "analyze", str(run),
-                                          "--json", "--no-report"])
+                                          "--json", "--no-report"], args.cache)
             timings.append((rows, ours_s))
             row = [f"{rows:,}", str(steps), f"{write_s:.1f}", f"{ours_s:.1f}", f"{ours_mb:,.0f}",
                    f"{rows / ours_s / 1e6:.2f}"]
             if args.no_duckdb:
                 row += ["-"] * 4
             else:
-                db_s, db_mb, db_out = measure([sys.executable, str(here / "duckdb_baseline.py"), str(run)])
+                db_s, db_mb, db_out = measure([sys.executable, str(here / "duckdb_baseline.py"), str(run)], args.cache)
                 row += [f"{db_s:.1f}", f"{db_mb:,.0f}", f"{ours_s / db_s:.2f}",
                         "yes" if _same(run, json.loads(db_out)) else "NO"]
             if args.pandas and rows <= 50_000_000:
-                pd_s, pd_mb, pd_out = measure([sys.executable, "-c", PANDAS_BASELINE, str(run)])
+                pd_s, pd_mb, pd_out = measure([sys.executable, "-c", PANDAS_BASELINE, str(run)], args.cache)
                 same = _same(run, json.loads(pd_out))
                 row += [f"{pd_s:.1f}{'' if same else ' (differs)'}", f"{pd_mb:,.0f}"]
             else:
                 row += ["-", "-"]
-            _, _, dd = measure([sys.executable, "-c", DRILLDOWN, str(run), str(2 * steps // 3 + 1)])
+            _, _, dd = measure([sys.executable, "-c", DRILLDOWN, str(run), str(2 * steps // 3 + 1)],
+                               args.cache)
             d = json.loads(dd)
             row += [f"{d['open']:.2f}, {d['worst']:.2f}, {d['tokens']:.2f} ({d['rows']:,} rows)",
                     f"{os.getloadavg()[0]:.1f}"]

@@ -63,24 +63,29 @@ def model_for(size: str, model_dir: str | None):
 
 
 class LoadMeter:
-    """CPU cores busy with other processes between `__enter__` and `__exit__` (Linux /proc/stat)."""
+    """Between `__enter__` and `__exit__` (Linux /proc/stat): CPU cores busy with other processes, and cores the
+    hypervisor withheld from this VM (steal time: on a shared host it comes and goes, and it slows whichever arm
+    runs while it lasts)."""
 
     def __enter__(self) -> LoadMeter:
-        self.busy0, self.own0, self.t0 = self._busy_s(), self._own_s(), time.perf_counter()
+        (self.busy0, self.steal0), self.own0, self.t0 = self._busy_steal_s(), self._own_s(), time.perf_counter()
         self.loadavg0 = os.getloadavg()[0]
         return self
 
     def __exit__(self, *exc) -> None:
         wall = time.perf_counter() - self.t0
-        others = (self._busy_s() - self.busy0) - (self._own_s() - self.own0)
+        busy, steal = self._busy_steal_s()
+        others = (busy - self.busy0) - (self._own_s() - self.own0)
         self.other_cores = max(others, 0.0) / wall
+        self.steal_cores = max(steal - self.steal0, 0.0) / wall
         self.loadavg = (self.loadavg0, os.getloadavg()[0])
 
     @staticmethod
-    def _busy_s() -> float:
-        # cpu  user nice system idle iowait irq softirq steal ...: everything but idle and iowait is busy
+    def _busy_steal_s() -> tuple[float, float]:
+        # cpu  user nice system idle iowait irq softirq steal ...: busy is all but idle, iowait and steal
         fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return (sum(fields) - fields[3] - fields[4] - fields[7]) / tick, fields[7] / tick
 
     @staticmethod
     def _own_s() -> float:
@@ -169,7 +174,7 @@ def main() -> None:
             figures.append(f"same samples fast vs generic: {'yes' if res['same_samples'] else 'NO'}")
         figures.append(
             f"load avg {load.loadavg[0]:.1f}->{load.loadavg[1]:.1f}, other processes used "
-            f"{load.other_cores:.2f} of {os.cpu_count()} cores"
+            f"{load.other_cores:.2f} of {os.cpu_count()} cores, steal {load.steal_cores:.2f} cores"
         )
         print(f"{size:8s} {n_params / 1e6:.2f}M params: " + " | ".join(figures), flush=True)
 

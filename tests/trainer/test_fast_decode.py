@@ -23,6 +23,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from opdwatch.errors import OpdwatchError
 from opdwatch.trainer.rollout.engine import RowIndex, SamplingParams
 from opdwatch.trainer.rollout.fast_decode import FastDecoder, unsupported_reason
 from opdwatch.trainer.rollout.hf_engine import HFEngine, left_pad
@@ -163,6 +164,17 @@ def test_unsupported_models_use_the_generic_loop() -> None:
         assert engine.decoder is None
         assert torch.equal(out.tokens_BT, HFEngine(model, eos_id=EOS, pad_id=PAD, fast=False).generate(
             PROMPTS, params).tokens_BT)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "generic"])
+@pytest.mark.parametrize("temperature", [1.0, 0.0], ids=["sampled", "greedy"])
+def test_nan_weights_are_refused_with_a_clear_error(fast: bool, temperature: float) -> None:
+    model = tiny("llama")
+    with torch.no_grad():
+        model.lm_head.weight[3, 0] = float("nan")  # one NaN weight: every logit row has a NaN
+    engine = HFEngine(model, eos_id=EOS, pad_id=PAD, generator=torch.Generator().manual_seed(0), fast=fast)
+    with pytest.raises(OpdwatchError, match="logits are NaN"):
+        engine.generate(PROMPTS, SamplingParams(temperature=temperature, max_new_tokens=4))
 
 
 def test_train_mode_with_attention_dropout_is_refused() -> None:

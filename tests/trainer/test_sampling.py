@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opdwatch.errors import OpdwatchError
-from opdwatch.trainer.rollout.sampling import greedy_next, nucleus_mask, sample_from_uniform, sample_next, sampling_logp
+from opdwatch.trainer.rollout.sampling import (
+    greedy_next,
+    multinomial_one,
+    nucleus_mask,
+    sample_from_uniform,
+    sample_next,
+    sampling_logp,
+)
 
 
 def brute_nucleus(logits: list[float], temperature: float, top_p: float) -> set[int]:
@@ -124,3 +131,16 @@ def test_inverse_cdf_row_depends_only_on_its_own_uniform() -> None:
     edge, _ = sample_from_uniform(logits[:1], torch.tensor([1.0 - 2.0 ** -53], dtype=torch.float64),
                                   temperature=1.0, top_p=0.5)
     assert int(edge) in brute_nucleus(logits[0].tolist(), 1.0, 0.5)
+
+
+@pytest.mark.parametrize(("B", "V"), [(64, 29), (5, 37), (1, 1000), (3, 2)])
+def test_multinomial_one_draws_what_torch_multinomial_draws(B: int, V: int) -> None:
+    ours, theirs = torch.Generator().manual_seed(B * V), torch.Generator().manual_seed(B * V)
+    for step in range(20):
+        probs = torch.softmax(3 * torch.randn(B, V, generator=torch.Generator().manual_seed(step)), dim=-1)
+        if step % 2:
+            probs[:, ::2] = 0.0  # tokens outside a nucleus: never drawn by either
+        token_B = multinomial_one(probs, ours)
+        assert torch.equal(token_B, torch.multinomial(probs, 1, generator=theirs).squeeze(1))
+        assert bool((probs.gather(1, token_B[:, None]) > 0).all())
+    assert torch.equal(ours.get_state(), theirs.get_state())  # the next draw of either generator is the same too

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from opdwatch.errors import OpdwatchError
 from opdwatch.trainer.rollout import sampling
 from opdwatch.trainer.rollout.engine import FinishReason, RolloutBatch, RowIndex, SamplingParams
 from opdwatch.trainer.rollout.fast_decode import FastDecoder, unsupported_reason
@@ -126,12 +127,15 @@ class HFEngine:
                 break
             logits_BV = feed(token_B)
         tokens_BT = torch.stack(tokens, dim=1)
+        logp_BT = torch.stack(logps, dim=1)
+        if bool(logp_BT.isnan().any()):  # what torch.multinomial refused at every step, checked once per call
+            raise OpdwatchError("rollout: the policy's logits are NaN (its weights have diverged); no rollout sampled")
         stop_BT = torch.isin(tokens_BT, self.stop_ids)
         after_stop_BT = (stop_BT.cumsum(dim=1) - stop_BT.long()) > 0  # strictly after the row's first stop token
         finish: list[FinishReason] = ["eos" if d else "length" for d in done_B.tolist()]
         return RolloutBatch(
             tokens_BT=tokens_BT.masked_fill(after_stop_BT, self.pad_id),
-            logp_BT=torch.stack(logps, dim=1).masked_fill(after_stop_BT, 0.0),
+            logp_BT=logp_BT.masked_fill(after_stop_BT, 0.0),
             lengths_B=(~after_stop_BT).sum(dim=1),
             finish_reasons=finish,
         )

@@ -56,8 +56,9 @@ def multinomial_one(probs_BV: torch.Tensor, generator: torch.Generator | None = 
 
     torch's one-sample multinomial is argmax(p / q), q ~ Exp(1) (its "gumbel" fast path); this runs the same ops on
     the same generator, so tokens and the generator's state afterwards are identical (tests/trainer/test_sampling.py
-    checks both), without multinomial's validity checks: three host syncs per call, ~15% of a decode step of the demo
-    teacher. Non-finite probabilities are not refused here: `HFEngine.generate` checks its log-probs once per call.
+    checks both), without multinomial's per-call validity checks (a min/max, a row sum and their host reads):
+    59 vs 70 us on (64, 29) probabilities here. Non-finite probabilities are not refused here: `HFEngine.generate`
+    checks its log-probs once per call.
     """
     return (probs_BV / torch.empty_like(probs_BV).exponential_(1, generator=generator)).argmax(dim=-1)
 

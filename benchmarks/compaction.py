@@ -89,6 +89,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="where the copies go (default: a temp dir)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if not (args.run / "manifest.json").is_file():  # a one-line answer, not a traceback from the reader
+        raise SystemExit(f"compaction.py: {args.run} is not a run directory (no manifest.json); record one with "
+                         "`python benchmarks/cold_open.py --record RUN`")
     console = Console(width=150)
     work = Path(tempfile.mkdtemp(prefix="opdwatch-compaction-", dir=args.work))
     try:

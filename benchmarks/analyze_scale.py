@@ -192,7 +192,9 @@ def drop_page_cache() -> None:
         with open("/proc/sys/vm/drop_caches", "w") as fh:
             fh.write("3\n")
     except OSError as e:
-        raise SystemExit(f"--cache cold needs root to write /proc/sys/vm/drop_caches: {e}") from None
+        print(f"analyze_scale.py: error: --cache cold needs root to write /proc/sys/vm/drop_caches: {e}",
+              file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def measure(cmd: list[str], cache: str = "as-is") -> tuple[float, float, str]:

@@ -90,8 +90,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if not (args.run / "manifest.json").is_file():  # a one-line answer, not a traceback from the reader
-        raise SystemExit(f"compaction.py: {args.run} is not a run directory (no manifest.json); record one with "
-                         "`python benchmarks/cold_open.py --record RUN`")
+        print(f"compaction.py: error: {args.run} is not a run directory (no manifest.json); record one with "
+              "`python benchmarks/cold_open.py --record RUN`", file=sys.stderr)
+        raise SystemExit(2)
     console = Console(width=150)
     work = Path(tempfile.mkdtemp(prefix="opdwatch-compaction-", dir=args.work))
     try:
